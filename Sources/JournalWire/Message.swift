@@ -1,0 +1,142 @@
+/// Every message of the journal protocol (spec: README, "Journal wire protocol").
+///
+/// A frame is `u32 length | u8 type | payload`, big-endian, length covering type and payload.
+public enum Message: Equatable, Sendable {
+    // Handshake
+    case hello(version: UInt8, nonce: [UInt8], epoch: UInt64)
+    case auth(kind: PeerKind, mac: [UInt8], nonce: [UInt8])
+    case authOK(mac: [UInt8])
+    case refused(reason: String)
+    // Tap ⇄ keeper
+    case tapStart(tapID: [UInt8])
+    case tapWelcome(runID: UInt64, ackedSeq: UInt64)
+    case records([TapRecord])
+    case tapAck(seq: UInt64)
+    case tapApplied(seq: UInt64)
+    case tapGap(fromSeq: UInt64, lost: UInt64)
+    case syncState(followerInSync: Bool)
+    // Follower ⇄ keeper
+    case follow(runID: UInt64, applied: UInt64, epoch: UInt64)
+    case resume(runID: UInt64, from: UInt64)
+    case fullSync(runID: UInt64, from: UInt64)
+    case stream([StreamRecord])
+    case followerAck(applied: UInt64)
+    case ping(endOffset: UInt64, stampNanos: Int64)
+
+    public enum PeerKind: UInt8, Sendable { case tap = 1, follower = 2 }
+
+    public static let version: UInt8 = 1
+    public static let maxFrame = 16 << 20
+
+    var type: UInt8 {
+        switch self {
+        case .hello: return 0x01
+        case .auth: return 0x02
+        case .authOK: return 0x03
+        case .refused: return 0x04
+        case .tapStart: return 0x10
+        case .tapWelcome: return 0x11
+        case .records: return 0x12
+        case .tapAck: return 0x13
+        case .tapApplied: return 0x14
+        case .tapGap: return 0x15
+        case .syncState: return 0x16
+        case .follow: return 0x20
+        case .resume: return 0x21
+        case .fullSync: return 0x22
+        case .stream: return 0x23
+        case .followerAck: return 0x24
+        case .ping: return 0x25
+        }
+    }
+
+    /// The complete frame, length prefix included.
+    public func frame() -> [UInt8] {
+        var w = WireWriter()
+        w.u8(type)
+        switch self {
+        case .hello(let v, let nonce, let epoch): w.raw(Array("USJ".utf8)); w.u8(v); w.raw(nonce); w.u64(epoch)
+        case .auth(let kind, let mac, let nonce): w.u8(kind.rawValue); w.raw(mac); w.raw(nonce)
+        case .authOK(let mac): w.raw(mac)
+        case .refused(let reason): w.short(Array(reason.utf8))
+        case .tapStart(let id): w.short(id)
+        case .tapWelcome(let run, let seq): w.u64(run); w.u64(seq)
+        case .records(let recs):
+            w.u32(UInt32(recs.count))
+            for r in recs { w.u64(r.seq); w.u8(r.op.rawValue); w.short(r.key) }
+        case .tapAck(let s), .tapApplied(let s): w.u64(s)
+        case .tapGap(let from, let lost): w.u64(from); w.u64(lost)
+        case .syncState(let ok): w.u8(ok ? 1 : 0)
+        case .follow(let run, let applied, let epoch): w.u64(run); w.u64(applied); w.u64(epoch)
+        case .resume(let run, let from), .fullSync(let run, let from): w.u64(run); w.u64(from)
+        case .stream(let recs):
+            w.u32(UInt32(recs.count))
+            for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
+        case .followerAck(let a): w.u64(a)
+        case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
+        }
+        var out = WireWriter()
+        out.u32(UInt32(w.bytes.count))
+        out.raw(w.bytes)
+        return out.bytes
+    }
+
+    /// Decodes one frame body (type byte and payload, without the length prefix).
+    public static func decode(_ body: [UInt8]) throws(JournalError) -> Message {
+        var r = WireReader(body)
+        let type = try r.u8()
+        let m: Message
+        switch type {
+        case 0x01:
+            guard try r.raw(3) == Array("USJ".utf8) else { throw .malformed("bad magic; not an Understudy journal port?") }
+            let v = try r.u8()
+            guard v == version else { throw .unsupportedVersion(v) }
+            m = .hello(version: v, nonce: try r.raw(32), epoch: try r.u64())
+        case 0x02:
+            guard let kind = PeerKind(rawValue: try r.u8()) else { throw .malformed("unknown peer kind") }
+            m = .auth(kind: kind, mac: try r.raw(32), nonce: try r.raw(32))
+        case 0x03: m = .authOK(mac: try r.raw(32))
+        case 0x04: m = .refused(reason: String(decoding: try r.short(), as: UTF8.self))
+        case 0x10: m = .tapStart(tapID: try r.short())
+        case 0x11: m = .tapWelcome(runID: try r.u64(), ackedSeq: try r.u64())
+        case 0x12:
+            let n = try r.u32()
+            guard n <= UInt32(maxFrame / 11) else { throw .malformed("record count \(n) too large") }
+            var recs: [TapRecord] = []
+            recs.reserveCapacity(Int(n))
+            for _ in 0..<n {
+                let seq = try r.u64()
+                recs.append(TapRecord(seq: seq, op: try op(r.u8()), key: try r.short()))
+            }
+            m = .records(recs)
+        case 0x13: m = .tapAck(seq: try r.u64())
+        case 0x14: m = .tapApplied(seq: try r.u64())
+        case 0x15: m = .tapGap(fromSeq: try r.u64(), lost: try r.u64())
+        case 0x16: m = .syncState(followerInSync: try r.u8() != 0)
+        case 0x20: m = .follow(runID: try r.u64(), applied: try r.u64(), epoch: try r.u64())
+        case 0x21: m = .resume(runID: try r.u64(), from: try r.u64())
+        case 0x22: m = .fullSync(runID: try r.u64(), from: try r.u64())
+        case 0x23:
+            let n = try r.u32()
+            guard n <= UInt32(maxFrame / 19) else { throw .malformed("record count \(n) too large") }
+            var recs: [StreamRecord] = []
+            recs.reserveCapacity(Int(n))
+            for _ in 0..<n {
+                let off = try r.u64()
+                let stamp = try r.i64()
+                recs.append(StreamRecord(offset: off, stampNanos: stamp, op: try op(r.u8()), key: try r.short()))
+            }
+            m = .stream(recs)
+        case 0x24: m = .followerAck(applied: try r.u64())
+        case 0x25: m = .ping(endOffset: try r.u64(), stampNanos: try r.i64())
+        default: throw .malformed("unknown message type 0x\(String(type, radix: 16))")
+        }
+        try r.finish()
+        return m
+    }
+
+    static func op(_ raw: UInt8) throws(JournalError) -> RecordOp {
+        guard let op = RecordOp(rawValue: raw) else { throw .malformed("unknown record op \(raw)") }
+        return op
+    }
+}

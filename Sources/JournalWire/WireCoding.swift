@@ -1,0 +1,61 @@
+/// Big-endian field encoding for journal frames.
+struct WireWriter {
+    var bytes: [UInt8] = []
+
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xff)] }
+    mutating func u32(_ v: UInt32) { for s in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt32(s))) } }
+    mutating func u64(_ v: UInt64) { for s in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(s))) } }
+    mutating func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
+    mutating func raw(_ b: [UInt8]) { bytes += b }
+    /// Length-prefixed (u16) bytes: keys and short strings.
+    mutating func short(_ b: [UInt8]) {
+        u16(UInt16(min(b.count, Int(UInt16.max))))
+        bytes += b.prefix(Int(UInt16.max))
+    }
+}
+
+/// The reading side; every read is bounds-checked and a short frame is a typed error.
+struct WireReader {
+    let bytes: [UInt8]
+    var pos = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    mutating func take(_ n: Int) throws(JournalError) -> ArraySlice<UInt8> {
+        guard n >= 0, bytes.count - pos >= n else { throw .malformed("frame ends early (need \(n) bytes at \(pos) of \(bytes.count))") }
+        defer { pos += n }
+        return bytes[pos..<(pos + n)]
+    }
+
+    mutating func u8() throws(JournalError) -> UInt8 { try take(1).first! }
+    mutating func u16() throws(JournalError) -> UInt16 { try take(2).reduce(0) { $0 << 8 | UInt16($1) } }
+    mutating func u32() throws(JournalError) -> UInt32 { try take(4).reduce(0) { $0 << 8 | UInt32($1) } }
+    mutating func u64() throws(JournalError) -> UInt64 { try take(8).reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func i64() throws(JournalError) -> Int64 { Int64(bitPattern: try u64()) }
+    mutating func raw(_ n: Int) throws(JournalError) -> [UInt8] { Array(try take(n)) }
+    mutating func short() throws(JournalError) -> [UInt8] { Array(try take(Int(try u16()))) }
+
+    func finish() throws(JournalError) {
+        if pos != bytes.count { throw .malformed("\(bytes.count - pos) trailing bytes in frame") }
+    }
+}
+
+/// Journal protocol failures.
+public enum JournalError: Error, CustomStringConvertible, Sendable, Equatable {
+    case malformed(String)
+    case unsupportedVersion(UInt8)
+    case authenticationFailed(String)
+    case refused(String)
+    case unexpected(String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let m): return "malformed journal frame: \(m)"
+        case .unsupportedVersion(let v): return "unsupported journal protocol version \(v)"
+        case .authenticationFailed(let m): return "journal authentication failed: \(m)"
+        case .refused(let m): return "refused by peer: \(m)"
+        case .unexpected(let m): return "unexpected journal message: \(m)"
+        }
+    }
+}

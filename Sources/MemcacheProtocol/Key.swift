@@ -1,0 +1,32 @@
+/// memcached key rules, enforced before a request is sent.
+///
+/// memcached itself answers an over-long key with `CLIENT_ERROR bad command line format` and,
+/// for some commands, then misreads the data block as a command. Refusing early keeps a bad
+/// key from desynchronising a pipelined connection.
+public enum Key {
+    public static let maxLength = 250
+
+    /// Text-protocol keys: 1–250 bytes, no space, no control bytes, no DEL.
+    public static func validate(_ key: [UInt8]) throws(ProtocolError) {
+        if key.isEmpty { throw .invalidKey("empty key") }
+        if key.count > maxLength { throw .invalidKey("\(key.count) bytes, limit is \(maxLength)") }
+        for b in key where b <= 0x20 || b == 0x7f {
+            throw .invalidKey("contains space or control byte 0x\(Bytes.hex(b)): '\(Bytes.text(key))'")
+        }
+    }
+
+    /// Whether the key can go on the wire as is; otherwise it needs the meta `b` (base64) flag.
+    public static func isPlain(_ key: [UInt8]) -> Bool {
+        !key.isEmpty && key.count <= maxLength && !key.contains { $0 <= 0x20 || $0 >= 0x7f }
+    }
+
+    /// The meta-protocol key token and whether it is base64. Binary keys are encoded; the
+    /// encoded form must itself fit in 250 bytes, so raw binary keys are limited to 187 bytes.
+    public static func metaToken(_ key: [UInt8]) throws(ProtocolError) -> (token: [UInt8], base64: Bool) {
+        if isPlain(key) { return (key, false) }
+        if key.isEmpty { throw .invalidKey("empty key") }
+        let enc = Base64.encode(key)
+        if enc.count > maxLength { throw .invalidKey("binary key of \(key.count) bytes is \(enc.count) in base64, limit is \(maxLength)") }
+        return (enc, true)
+    }
+}

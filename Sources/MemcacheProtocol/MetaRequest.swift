@@ -1,0 +1,118 @@
+/// A meta-protocol request (`mg`, `ms`, `md`, `ma`, `mn`), encoded without I/O.
+///
+/// Flags are kept as raw tokens (`"v"`, `"T3600"`, `"Oabc"`) because the meta protocol grows
+/// new flags between releases and a client should pass through what it does not know.
+public struct MetaRequest: Sendable, Equatable {
+    public enum Command: String, Sendable {
+        case get = "mg", set = "ms", delete = "md", arithmetic = "ma", noop = "mn"
+    }
+
+    public var command: Command
+    public var key: [UInt8]
+    public var flags: [String]
+    public var value: [UInt8]?
+
+    public init(_ command: Command, key: [UInt8] = [], flags: [String] = [], value: [UInt8]? = nil) {
+        self.command = command
+        self.key = key
+        self.flags = flags
+        self.value = value
+    }
+
+    public static func get(_ key: [UInt8], _ flags: [String]) -> MetaRequest { .init(.get, key: key, flags: flags) }
+    public static func set(_ key: [UInt8], _ value: [UInt8], _ flags: [String]) -> MetaRequest { .init(.set, key: key, flags: flags, value: value) }
+    public static func delete(_ key: [UInt8], _ flags: [String] = []) -> MetaRequest { .init(.delete, key: key, flags: flags) }
+    public static func arithmetic(_ key: [UInt8], _ flags: [String] = []) -> MetaRequest { .init(.arithmetic, key: key, flags: flags) }
+    public static let noop = MetaRequest(.noop)
+
+    public var isQuiet: Bool { flags.contains("q") }
+
+    /// Appends the wire form to `out`. Keys that are not plain text go out base64 with `b`.
+    public func encode(into out: inout [UInt8]) throws(ProtocolError) {
+        out.append(contentsOf: command.rawValue.utf8)
+        if command == .noop {
+            out.append(contentsOf: [0x0D, 0x0A])
+            return
+        }
+        let (token, b64) = try Key.metaToken(key)
+        out.append(0x20)
+        out.append(contentsOf: token)
+        if let value {
+            out.append(0x20)
+            out.append(contentsOf: String(value.count).utf8)
+        }
+        for f in flags {
+            out.append(0x20)
+            out.append(contentsOf: f.utf8)
+        }
+        if b64 && !flags.contains("b") { out.append(contentsOf: " b".utf8) }
+        out.append(contentsOf: [0x0D, 0x0A])
+        if let value {
+            out.append(contentsOf: value)
+            out.append(contentsOf: [0x0D, 0x0A])
+        }
+    }
+}
+
+/// A parsed meta reply. Errors are values here, not throws, so one bad key in a pipelined
+/// batch does not lose the other replies.
+public struct MetaReply: Sendable, Equatable {
+    public enum Status: Sendable, Equatable {
+        case hd, va, en, ns, ex, nf, mn
+        case error(ProtocolError)
+    }
+
+    public var status: Status
+    /// Return flags as raw tokens: first byte is the flag letter.
+    public var flags: [ArraySlice<UInt8>]
+    public var value: [UInt8]?
+
+    public init(status: Status, flags: [ArraySlice<UInt8>] = [], value: [UInt8]? = nil) {
+        self.status = status
+        self.flags = flags
+        self.value = value
+    }
+
+    /// The token after flag letter `f`, e.g. `flag("t")` → "3600".
+    public func flag(_ letter: Character) -> ArraySlice<UInt8>? {
+        let b = letter.asciiValue!
+        for t in flags where t.first == b { return t.dropFirst() }
+        return nil
+    }
+
+    public func intFlag(_ letter: Character) -> Int64? { flag(letter).flatMap { Bytes.parseInt($0) } }
+
+    /// The key the server echoed (`k`), decoded if the reply carries `b`.
+    public var key: [UInt8]? {
+        guard let k = flag("k") else { return nil }
+        return flag("b") != nil ? Base64.decode(k) : Array(k)
+    }
+
+    public var isHit: Bool { status == .va || status == .hd }
+
+    /// Parses a reply header line. Returns the reply and, for `VA`, how many data bytes follow.
+    public static func parseHeader(_ line: [UInt8]) -> (MetaReply, dataLength: Int?) {
+        if let err = ProtocolError.fromErrorLine(line) { return (MetaReply(status: .error(err)), nil) }
+        guard line.count >= 2 else { return (MetaReply(status: .error(.malformed(Bytes.text(line)))), nil) }
+        var toks = Bytes.tokens(line)
+        let code = toks.removeFirst()
+        let status: Status
+        switch (code.first!, code.count == 2 ? code.last! : 0) {
+        case (UInt8(ascii: "H"), UInt8(ascii: "D")): status = .hd
+        case (UInt8(ascii: "V"), UInt8(ascii: "A")): status = .va
+        case (UInt8(ascii: "E"), UInt8(ascii: "N")): status = .en
+        case (UInt8(ascii: "N"), UInt8(ascii: "S")): status = .ns
+        case (UInt8(ascii: "E"), UInt8(ascii: "X")): status = .ex
+        case (UInt8(ascii: "N"), UInt8(ascii: "F")): status = .nf
+        case (UInt8(ascii: "M"), UInt8(ascii: "N")): status = .mn
+        default: return (MetaReply(status: .error(.malformed(Bytes.text(line)))), nil)
+        }
+        if status == .va {
+            guard let lenTok = toks.first, let len = Bytes.parseUInt(lenTok) else {
+                return (MetaReply(status: .error(.malformed(Bytes.text(line)))), nil)
+            }
+            return (MetaReply(status: .va, flags: Array(toks.dropFirst())), Int(len))
+        }
+        return (MetaReply(status: status, flags: toks), nil)
+    }
+}

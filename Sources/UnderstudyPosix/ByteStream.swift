@@ -1,0 +1,177 @@
+import Glibc
+
+/// Why a stream could not deliver what a protocol needed.
+public enum StreamError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The peer closed the connection (or vanished) before a reply was complete.
+    case closed(peer: String)
+    /// The peer sent nothing for longer than the I/O timeout.
+    case timeout(peer: String)
+    /// A line exceeded the protocol's limit before its CRLF.
+    case lineTooLong(peer: String, limit: Int)
+    case system(SystemError)
+
+    public var description: String {
+        switch self {
+        case .closed(let peer): return "connection to \(peer) closed mid-stream"
+        case .timeout(let peer): return "timed out waiting for \(peer)"
+        case .lineTooLong(let peer, let limit): return "line from \(peer) longer than \(limit) bytes"
+        case .system(let e): return e.description
+        }
+    }
+}
+
+/// Buffered reading and writing over a socket, shaped for line-plus-payload protocols.
+///
+/// Reads land in one growable buffer so that a pipelined batch of replies costs one `read`
+/// per socket buffer, not one per reply; writes are gathered and flushed explicitly so a
+/// pipeline goes out in as few `send`s as possible.
+public final class ByteStream {
+    public let socket: Socket
+    private var buffer: UnsafeMutableRawBufferPointer
+    private var start = 0
+    private var end = 0
+    public var output: [UInt8] = []
+
+    public init(_ socket: Socket, capacity: Int = 64 * 1024) {
+        self.socket = socket
+        self.buffer = .allocate(byteCount: capacity, alignment: 16)
+        output.reserveCapacity(capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    public var peer: String { socket.peer }
+    /// Bytes already read from the socket but not yet consumed.
+    public var buffered: Int { end - start }
+
+    /// Reads more from the socket. Returns false at EOF.
+    @discardableResult
+    public func fill() throws(StreamError) -> Bool {
+        if start == end {
+            start = 0
+            end = 0
+        } else if end == buffer.count {
+            if start > 0 {
+                buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
+                end -= start
+                start = 0
+            } else {
+                let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count * 2, alignment: 16)
+                bigger.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: end)
+                buffer.deallocate()
+                buffer = bigger
+            }
+        }
+        let n: Int
+        do {
+            n = try socket.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
+        } catch {
+            if error.isTimeout { throw .timeout(peer: peer) }
+            if error.errno == ECONNRESET || error.errno == EPIPE { throw .closed(peer: peer) }
+            throw .system(error)
+        }
+        end += n
+        return n > 0
+    }
+
+    private func fillOrThrow() throws(StreamError) {
+        if try !fill() { throw .closed(peer: peer) }
+    }
+
+    /// Index where the next line ends: the "\r" of "\r\n", or with `lfOnly` the "\n".
+    private func findLineEnd(from: Int, lfOnly: Bool = false) -> Int? {
+        guard end - from >= 1, let base = buffer.baseAddress else { return nil }
+        var i = from
+        while i < end {
+            guard let p = memchr(base + i, 0x0A, end - i) else { return nil }
+            let nl = UnsafeRawPointer(base).distance(to: UnsafeRawPointer(p))
+            if lfOnly { return nl }
+            if nl > start && buffer[nl - 1] == 0x0D { return nl - 1 }
+            i = nl + 1
+        }
+        return nil
+    }
+
+    /// The next line without its CRLF, or a typed error. Lines past `limit` are refused so a
+    /// peer streaming garbage cannot grow our memory without bound.
+    public func readLine(limit: Int = 8192) throws(StreamError) -> [UInt8] {
+        try readLine(limit: limit, lfOnly: false)
+    }
+
+    /// A line ended by a bare "\n" (memcached's metadump output), without the "\n".
+    public func readLineLF(limit: Int = 8192) throws(StreamError) -> [UInt8] {
+        try readLine(limit: limit, lfOnly: true)
+    }
+
+    private func readLine(limit: Int, lfOnly: Bool) throws(StreamError) -> [UInt8] {
+        let terminator = lfOnly ? 1 : 2
+        while true {
+            if let cr = findLineEnd(from: start, lfOnly: lfOnly) {
+                let line = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<cr]))
+                start = cr + terminator
+                return line
+            }
+            if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
+            try fillOrThrow()
+        }
+    }
+
+    /// Like `readLine`, but returns nil instead of blocking when no full line is buffered.
+    public func bufferedLine(limit: Int = 8192) throws(StreamError) -> [UInt8]? {
+        if let cr = findLineEnd(from: start) {
+            let line = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<cr]))
+            start = cr + 2
+            return line
+        }
+        if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
+        return nil
+    }
+
+    /// Exactly `count` bytes.
+    public func readExact(_ count: Int) throws(StreamError) -> [UInt8] {
+        while end - start < count { try fillOrThrow() }
+        let out = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + count)]))
+        start += count
+        return out
+    }
+
+    /// Exactly `count` bytes, appended to `into` (avoids an intermediate array on hot paths).
+    public func readExact(_ count: Int, appendingTo into: inout [UInt8]) throws(StreamError) {
+        while end - start < count { try fillOrThrow() }
+        into.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + count)]))
+        start += count
+    }
+
+    /// Discards `count` bytes without keeping them (oversize values we refuse).
+    public func skip(_ count: Int) throws(StreamError) {
+        var left = count
+        while left > 0 {
+            if start == end { try fillOrThrow() }
+            let n = Swift.min(left, end - start)
+            start += n
+            left -= n
+        }
+    }
+
+    /// Peeks at the first buffered byte, reading if none is buffered. Nil at EOF.
+    public func peekByte() throws(StreamError) -> UInt8? {
+        if start == end, try !fill() { return nil }
+        return buffer[start]
+    }
+
+    public func write(_ bytes: [UInt8]) { output.append(contentsOf: bytes) }
+    public func write(_ bytes: ArraySlice<UInt8>) { output.append(contentsOf: bytes) }
+    public func write(_ text: String) { output.append(contentsOf: text.utf8) }
+
+    public func flush() throws(StreamError) {
+        guard !output.isEmpty else { return }
+        do {
+            try socket.write(output)
+        } catch {
+            if error.isTimeout { throw .timeout(peer: peer) }
+            if error.errno == EPIPE || error.errno == ECONNRESET { throw .closed(peer: peer) }
+            throw .system(error)
+        }
+        output.removeAll(keepingCapacity: true)
+    }
+}

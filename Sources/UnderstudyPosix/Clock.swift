@@ -1,0 +1,27 @@
+import Glibc
+
+/// Wall and monotonic time in the units the protocols use.
+public enum Clock {
+    /// Unix time in nanoseconds. Journal records carry this so lag can be measured across nodes
+    /// (with NTP-synced clocks; on one host it is exact).
+    public static func wallNanos() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    public static func unixSeconds() -> Int64 { wallNanos() / 1_000_000_000 }
+
+    /// Monotonic nanoseconds, for timeouts and rates: immune to clock steps.
+    public static func monoNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    public static func sleep(milliseconds: Int) {
+        var want = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
+        var left = timespec()
+        while nanosleep(&want, &left) == -1 && errno == EINTR { want = left }
+    }
+}

@@ -1,0 +1,82 @@
+import Glibc
+
+/// A listening socket. `close()` from another thread (via `shutdown`) ends a blocked `accept`.
+public final class Listener: Sendable {
+    public let socket: Socket
+    public let name: String
+    /// The port the kernel gave us when asked for port 0.
+    public let port: UInt16
+
+    init(socket: Socket, name: String, port: UInt16) {
+        self.socket = socket
+        self.name = name
+        self.port = port
+    }
+
+    /// Binds exactly the address given. Wildcards must be spelled out by the caller, which is
+    /// where the "nothing on all interfaces unless told to" policy is enforced.
+    public static func tcp(_ endpoint: Endpoint, backlog: Int32 = 512) throws(SystemError) -> Listener {
+        guard let addr = try endpoint.resolve().first else {
+            throw SystemError(errno: EADDRNOTAVAIL, operation: "resolve \(endpoint)")
+        }
+        let fd = try Sys.socket(addr.family, Int32(SOCK_STREAM.rawValue), endpoint.description)
+        let socket = Socket(fd: fd, peer: endpoint.description)
+        try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR \(endpoint)")
+        try addr.withSockaddr { (sa, len) throws(SystemError) in try Sys.bind(fd, sa, len, endpoint.description) }
+        try Sys.listen(fd, backlog, endpoint.description)
+        return Listener(socket: socket, name: endpoint.description, port: boundPort(fd))
+    }
+
+    /// A Unix listener whose file is created with `mode` before anyone can connect: the umask
+    /// is tightened around bind so there is no window where the socket is world-connectable.
+    public static func unix(path: String, mode: mode_t = 0o600) throws(SystemError) -> Listener {
+        Sys.unlink(path)
+        let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), path)
+        let socket = Socket(fd: fd, peer: path)
+        let old = umask(~mode & 0o777)
+        defer { umask(old) }
+        try Socket.withUnixAddress(path) { (sa, len) throws(SystemError) in try Sys.bind(fd, sa, len, path) }
+        try Sys.chmod(path, mode)
+        try Sys.listen(fd, 64, path)
+        return Listener(socket: socket, name: path, port: 0)
+    }
+
+    private static func boundPort(_ fd: Int32) -> UInt16 {
+        var st = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &st) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return withUnsafeBytes(of: st) { raw in
+            if Int32(st.ss_family) == AF_INET6 { return UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port) }
+            return UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port)
+        }
+    }
+
+    public func accept() throws(SystemError) -> Socket {
+        let fd = try Sys.accept(socket.fd, name)
+        let s = Socket(fd: fd, peer: "client of \(name)")
+        try? Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
+        return s
+    }
+
+    /// Uid of the process on the other end of an accepted Unix connection (SO_PEERCRED).
+    public static func peerUID(_ socket: Socket) -> uid_t? {
+        // struct ucred needs _GNU_SOURCE, which Glibc's module does not set; same layout.
+        var cred = PeerCredentials()
+        var len = socklen_t(MemoryLayout<PeerCredentials>.size)
+        guard getsockopt(socket.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 else { return nil }
+        return cred.uid
+    }
+
+    public func close() {
+        socket.shutdown()
+        socket.close()
+    }
+}
+
+struct PeerCredentials {
+    var pid: pid_t = 0
+    var uid: uid_t = 0
+    var gid: gid_t = 0
+}

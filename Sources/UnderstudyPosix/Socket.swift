@@ -1,0 +1,117 @@
+import Glibc
+import Synchronization
+
+/// An owned stream socket (TCP or Unix).
+///
+/// A class, not a `~Copyable` struct, because a socket is shared between the thread that
+/// blocks on it and the thread that stops it: `shutdown()` from anywhere wakes a blocked
+/// `read`/`accept`, and the descriptor is closed exactly once, by `close()` or `deinit`.
+public final class Socket: Sendable {
+    public let fd: Int32
+    /// What this socket talks to, for error messages.
+    public let peer: String
+    private let closed = Atomic<Bool>(false)
+
+    public init(fd: Int32, peer: String) {
+        self.fd = fd
+        self.peer = peer
+    }
+
+    deinit { close() }
+
+    public func close() {
+        if !closed.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(fd) }
+    }
+
+    /// Wakes any thread blocked on this socket; the descriptor stays valid until `close()`.
+    public func shutdown() { Sys.shutdown(fd) }
+
+    // MARK: connect
+
+    /// Connects to the first address of `endpoint` that answers within `timeoutMs`.
+    public static func connect(to endpoint: Endpoint, timeoutMs: Int) throws(SystemError) -> Socket {
+        let addrs = try endpoint.resolve()
+        var lastError = SystemError(errno: EHOSTUNREACH, operation: "connect \(endpoint)")
+        for addr in addrs {
+            do {
+                let s = try connect(to: addr, name: endpoint.description, timeoutMs: timeoutMs)
+                try Sys.setOption(s.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY \(endpoint)")
+                return s
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
+    static func connect(to addr: SocketAddress, name: String, timeoutMs: Int) throws(SystemError) -> Socket {
+        let fd = try Sys.socket(addr.family, Int32(SOCK_STREAM.rawValue), name)
+        let socket = Socket(fd: fd, peer: name)
+        Sys.setNonBlocking(fd, true)
+        do {
+            try addr.withSockaddr { (sa, len) throws(SystemError) in try Sys.connect(fd, sa, len, name) }
+        } catch where error.errno == EINPROGRESS {
+            guard try Sys.poll(fd, events: Int16(POLLOUT), timeoutMs: Int32(timeoutMs), "connect \(name)") else {
+                throw SystemError(errno: ETIMEDOUT, operation: "connect \(name) (after \(timeoutMs) ms)")
+            }
+            let err = Sys.socketError(fd)
+            if err != 0 { throw SystemError(errno: err, operation: "connect \(name)") }
+        }
+        Sys.setNonBlocking(fd, false)
+        return socket
+    }
+
+    public static func connect(unixPath path: String) throws(SystemError) -> Socket {
+        let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), path)
+        let socket = Socket(fd: fd, peer: path)
+        try withUnixAddress(path) { (sa, len) throws(SystemError) in try Sys.connect(fd, sa, len, path) }
+        return socket
+    }
+
+    static func withUnixAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemError) -> Void) throws(SystemError) {
+        var sun = sockaddr_un()
+        sun.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: sun.sun_path)
+        guard bytes.count < capacity else { throw SystemError(errno: ENAMETOOLONG, operation: "unix socket path \(path)") }
+        withUnsafeMutableBytes(of: &sun.sun_path) { dst in
+            dst.copyBytes(from: bytes)
+            dst[bytes.count] = 0
+        }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+        try withUnsafePointer(to: &sun) { (p) throws(SystemError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(SystemError) in try body(sa, len) }
+        }
+    }
+
+    // MARK: I/O
+
+    /// Bounds every later read (`SO_RCVTIMEO`) and write (`SO_SNDTIMEO`): a peer that stalls
+    /// mid-reply costs at most this long, then the call throws with `isTimeout`.
+    public func setIOTimeout(milliseconds: Int) throws(SystemError) {
+        try Sys.setTimeout(fd, SO_RCVTIMEO, milliseconds: milliseconds, peer)
+        try Sys.setTimeout(fd, SO_SNDTIMEO, milliseconds: milliseconds, peer)
+    }
+
+    /// Returns 0 at end of stream.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        try Sys.read(fd, buffer, peer)
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            offset += try Sys.send(fd, rest, peer)
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) throws(SystemError) {
+        try bytes.withUnsafeBytes { raw in Result { () throws(SystemError) in try write(raw) } }.get()
+    }
+
+    /// Waits until data (or EOF) can be read. False on timeout.
+    public func waitReadable(timeoutMs: Int) throws(SystemError) -> Bool {
+        try Sys.poll(fd, events: Int16(POLLIN), timeoutMs: Int32(timeoutMs), peer)
+    }
+}

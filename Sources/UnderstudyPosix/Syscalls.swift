@@ -1,0 +1,126 @@
+import Glibc
+
+/// The one place that calls libc's file and socket functions.
+///
+/// Every wrapper retries on EINTR and turns `-1` into a ``SystemError`` whose operation names
+/// the call and its subject. `close` is the exception: on Linux the descriptor is gone even when
+/// it reports EINTR, so retrying could close somebody else's freshly opened descriptor.
+public enum Sys {
+    @inline(__always)
+    static func retrying<T: BinaryInteger>(_ op: @autoclosure () -> String, _ body: () -> T) throws(SystemError) -> T {
+        while true {
+            let result = body()
+            if result >= 0 { return result }
+            let err = Glibc.errno
+            if err == EINTR { continue }
+            throw SystemError(errno: err, operation: op())
+        }
+    }
+
+    public static func socket(_ domain: Int32, _ type: Int32, _ what: String) throws(SystemError) -> Int32 {
+        try retrying("socket \(what)") { Glibc.socket(domain, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    }
+
+    public static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    public static func shutdown(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
+        try retrying("read \(what())") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    public static func send(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
+        try retrying("write \(what())") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    public static func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
+        try retrying("write \(what())") { Glibc.write(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    /// poll(2) one descriptor. Returns false on timeout. EINTR restarts with the full timeout,
+    /// which is fine for our bounded waits: callers loop on their own deadlines.
+    public static func poll(_ fd: Int32, events: Int16, timeoutMs: Int32, _ what: @autoclosure () -> String) throws(SystemError) -> Bool {
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        let n = try retrying("poll \(what())") { Glibc.poll(&pfd, 1, timeoutMs) }
+        return n > 0
+    }
+
+    public static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SystemError) {
+        var v = value
+        _ = try retrying("setsockopt \(what)") {
+            Glibc.setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    public static func setTimeout(_ fd: Int32, _ name: Int32, milliseconds: Int, _ what: String) throws(SystemError) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        _ = try retrying("setsockopt timeout \(what)") {
+            Glibc.setsockopt(fd, SOL_SOCKET, name, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    public static func connect(_ fd: Int32, _ addr: UnsafePointer<sockaddr>, _ len: socklen_t, _ what: String) throws(SystemError) {
+        let r = Glibc.connect(fd, addr, len)
+        if r == 0 { return }
+        let err = Glibc.errno
+        // A connect interrupted by a signal keeps going asynchronously; treat it like EINPROGRESS.
+        if err == EINPROGRESS || err == EINTR { throw SystemError(errno: EINPROGRESS, operation: "connect \(what)") }
+        throw SystemError(errno: err, operation: "connect \(what)")
+    }
+
+    public static func bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>, _ len: socklen_t, _ what: String) throws(SystemError) {
+        _ = try retrying("bind \(what)") { Glibc.bind(fd, addr, len) }
+    }
+
+    public static func listen(_ fd: Int32, _ backlog: Int32, _ what: String) throws(SystemError) {
+        _ = try retrying("listen \(what)") { Glibc.listen(fd, backlog) }
+    }
+
+    public static func accept(_ fd: Int32, _ what: String) throws(SystemError) -> Int32 {
+        let c = try retrying("accept \(what)") { Glibc.accept(fd, nil, nil) }
+        _ = Glibc.fcntl(c, F_SETFD, FD_CLOEXEC)
+        return c
+    }
+
+    public static func socketError(_ fd: Int32) -> Int32 {
+        var err: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        _ = Glibc.getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        return err
+    }
+
+    public static func setNonBlocking(_ fd: Int32, _ on: Bool) {
+        let flags = Glibc.fcntl(fd, F_GETFL)
+        _ = Glibc.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
+    }
+
+    public static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o600) throws(SystemError) -> Int32 {
+        try retrying("open \(path)") { Glibc.open(path, flags | O_CLOEXEC, mode) }
+    }
+
+    public static func fsync(_ fd: Int32, _ what: String) throws(SystemError) {
+        _ = try retrying("fsync \(what)") { Glibc.fsync(fd) }
+    }
+
+    public static func rename(_ from: String, _ to: String) throws(SystemError) {
+        _ = try retrying("rename \(from) -> \(to)") { Glibc.rename(from, to) }
+    }
+
+    public static func unlink(_ path: String) {
+        _ = Glibc.unlink(path)
+    }
+
+    public static func chmod(_ path: String, _ mode: mode_t) throws(SystemError) {
+        _ = try retrying("chmod \(path)") { Glibc.chmod(path, mode) }
+    }
+
+    public static func mkdir(_ path: String, _ mode: mode_t = 0o700) throws(SystemError) {
+        let r = Glibc.mkdir(path, mode)
+        if r == 0 || Glibc.errno == EEXIST { return }
+        throw SystemError(errno: Glibc.errno, operation: "mkdir \(path)")
+    }
+}

@@ -1,0 +1,16 @@
+import Foundation
+
+/// Starts a named OS thread for blocking work.
+///
+/// Understudy's I/O is blocking sockets on threads (DESIGN §8: 17–22 µs round trips) rather
+/// than the 2-thread cooperative pool, which blocking calls would starve.
+public enum Threads {
+    @discardableResult
+    public static func start(_ name: String, _ body: @escaping @Sendable () -> Void) -> Thread {
+        let t = Thread(block: body)
+        t.name = name
+        t.stackSize = 1 << 20
+        t.start()
+        return t
+    }
+}
