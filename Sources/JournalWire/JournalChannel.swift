@@ -2,7 +2,11 @@ import UnderstudyPosix
 import Glibc
 
 /// Either side of a journal connection: frames in, frames out, over one socket.
-public final class JournalChannel {
+///
+/// One thread may receive while another sends: the read buffer and the output buffer are
+/// disjoint, which is why this is `@unchecked Sendable`. Two readers or two writers at once
+/// are a bug.
+public final class JournalChannel: @unchecked Sendable {
     public let stream: ByteStream
 
     public init(_ socket: Socket) {

@@ -153,6 +153,21 @@ public final class ByteStream {
         }
     }
 
+    /// Discards input up to and including the next "\n" (resynchronises after an over-long line).
+    public func skipLine() throws(StreamError) {
+        while true {
+            if let nl = findLineEnd(from: start, lfOnly: true) {
+                start = nl + 1
+                return
+            }
+            start = end
+            try fillOrThrow()
+        }
+    }
+
+    /// Whether a complete CRLF line is already buffered.
+    public var hasBufferedLine: Bool { findLineEnd(from: start) != nil }
+
     /// Peeks at the first buffered byte, reading if none is buffered. Nil at EOF.
     public func peekByte() throws(StreamError) -> UInt8? {
         if start == end, try !fill() { return nil }

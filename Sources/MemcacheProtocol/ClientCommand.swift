@@ -1,0 +1,170 @@
+/// A text or meta request as a proxy must understand it: how to frame it, what reply to
+/// expect, and which keys it changes. Parsing never throws: a bad request becomes a command
+/// whose `localReply` is memcached's own answer for it.
+public struct ClientCommand: Sendable, Equatable {
+    /// The shape of the reply memcached sends when the command is not quiet.
+    public enum ReplyShape: Sendable, Equatable {
+        case line
+        /// `VALUE ...` blocks up to `END` (get, gets, gat, gats).
+        case values
+        /// One meta reply: `VA` with data, or a line.
+        case meta
+        /// Lines up to `END` (stats).
+        case untilEnd
+        /// "\n"-terminated lines up to `END` (lru_crawler metadump).
+        case untilEndLF
+        /// The client asked to close.
+        case close
+    }
+
+    /// What the command does to the cache, for the journal.
+    public enum Effect: Sendable, Equatable {
+        /// A success reply means the key was written (set, add, ..., incr, ms, ma).
+        case write([UInt8])
+        case delete([UInt8])
+        case touch([UInt8])
+        /// Each key that comes back with a value was touched (gat, gats).
+        case touchHits
+        /// `mg` with `T`: a hit was touched; with `N`, a miss was created.
+        case metaGet(key: [UInt8], touches: Bool, vivifies: Bool)
+        case flush(delay: [UInt8])
+    }
+
+    public var reply: ReplyShape
+    /// `noreply` or meta `q`: memcached says nothing on success.
+    public var quiet: Bool
+    /// Bytes of data (without CRLF) that follow the line (storage commands, ms).
+    public var dataLength: Int?
+    public var effect: Effect?
+    /// If set, answer the client with this and do not forward. `closeAfter` ends the session.
+    public var localReply: [UInt8]?
+    public var isNoop = false
+
+    init(reply: ReplyShape, quiet: Bool, dataLength: Int? = nil, effect: Effect? = nil) {
+        self.reply = reply
+        self.quiet = quiet
+        self.dataLength = dataLength
+        self.effect = effect
+    }
+
+    /// A request answered locally with `text` (memcached's own words for the problem); any
+    /// data block of `swallow` bytes is read and dropped.
+    public static func local(_ text: String, swallow: Int? = nil, quiet: Bool = false) -> ClientCommand {
+        var c = ClientCommand(reply: .line, quiet: quiet, dataLength: swallow)
+        c.localReply = Array((text + "\r\n").utf8)
+        return c
+    }
+
+    public static let badFormat = "CLIENT_ERROR bad command line format"
+
+    /// Classifies one request line (without CRLF). `maxItemSize` is the server's limit, used to
+    /// refuse oversized values before streaming them upstream.
+    public static func parse(_ line: [UInt8], maxItemSize: Int) -> ClientCommand {
+        let t = Bytes.tokens(line)
+        guard let first = t.first else { return local("ERROR") }
+        let name = String(decoding: first, as: UTF8.self)
+        let args = Array(t.dropFirst())
+        switch name {
+        case "set", "add", "replace", "append", "prepend", "cas":
+            return storage(name, args, maxItemSize: maxItemSize)
+        case "get", "gets":
+            guard !args.isEmpty, args.allSatisfy({ Key.isPlain(Array($0)) }) else { return local(badFormat) }
+            return ClientCommand(reply: .values, quiet: false)
+        case "gat", "gats":
+            guard args.count >= 2, Bytes.parseInt(args[0]) != nil, args.dropFirst().allSatisfy({ Key.isPlain(Array($0)) }) else {
+                return local(badFormat)
+            }
+            return ClientCommand(reply: .values, quiet: false, effect: .touchHits)
+        case "delete":
+            guard let key = args.first, Key.isPlain(Array(key)) else { return local(badFormat) }
+            // memcached accepts a legacy "0" time argument, and nothing else.
+            let rest = args.dropFirst().filter { Array($0) != Array("noreply".utf8) }
+            guard rest.isEmpty || (rest.count == 1 && Array(rest[0]) == [0x30]) else {
+                return local("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
+            }
+            return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .delete(Array(key)))
+        case "incr", "decr":
+            guard args.count >= 2, Key.isPlain(Array(args[0])) else { return local("ERROR") }
+            guard Bytes.parseUInt(args[1]) != nil else { return local("CLIENT_ERROR invalid numeric delta argument") }
+            return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .write(Array(args[0])))
+        case "touch":
+            guard args.count >= 2, Key.isPlain(Array(args[0])), Bytes.parseInt(args[1]) != nil else { return local("ERROR") }
+            return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .touch(Array(args[0])))
+        case "flush_all":
+            let delay = args.first.flatMap { Array($0) == Array("noreply".utf8) ? nil : Array($0) } ?? []
+            if !delay.isEmpty && Bytes.parseInt(delay) == nil { return local(badFormat) }
+            return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .flush(delay: delay))
+        case "mg", "ms", "md", "ma":
+            return meta(name, args, maxItemSize: maxItemSize)
+        case "mn":
+            var c = ClientCommand(reply: .meta, quiet: false)
+            c.isNoop = true
+            return c
+        case "me":
+            return ClientCommand(reply: .line, quiet: false)
+        case "version", "verbosity", "cache_memlimit", "slabs", "shutdown", "misbehave":
+            return ClientCommand(reply: .line, quiet: isNoreply(args))
+        case "stats":
+            return ClientCommand(reply: .untilEnd, quiet: false)
+        case "lru_crawler":
+            if let sub = args.first, Array(sub) == Array("metadump".utf8) || Array(sub) == Array("mgdump".utf8) {
+                return ClientCommand(reply: .untilEndLF, quiet: false)
+            }
+            return ClientCommand(reply: .line, quiet: false)
+        case "quit":
+            return ClientCommand(reply: .close, quiet: false)
+        case "watch":
+            return local("CLIENT_ERROR watch is not supported through the understudy tap")
+        default:
+            return local("ERROR")
+        }
+    }
+
+    static func isNoreply(_ args: [ArraySlice<UInt8>]) -> Bool {
+        args.last.map { Array($0) == Array("noreply".utf8) } ?? false
+    }
+
+    static func storage(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {
+        let want = name == "cas" ? 5 : 4
+        guard args.count == want || args.count == want + 1 else { return local("ERROR") }
+        guard let len = Bytes.parseInt(args[3]), Bytes.parseUInt(args[1]) != nil, Bytes.parseInt(args[2]) != nil,
+              name != "cas" || Bytes.parseUInt(args[4]) != nil else {
+            return local(badFormat)
+        }
+        guard len >= 0, len <= Int64(Int32.max) - 2 else { return local(badFormat) }
+        let key = Array(args[0])
+        guard Key.isPlain(key) else { return local(badFormat, swallow: Int(len)) }
+        if len > Int64(maxItemSize) { return local("SERVER_ERROR object too large for cache", swallow: Int(len)) }
+        return ClientCommand(reply: .line, quiet: isNoreply(args), dataLength: Int(len), effect: .write(key))
+    }
+
+    static func meta(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {
+        guard let keyTok = args.first else { return local(badFormat) }
+        var flags = Array(args.dropFirst())
+        var dataLength: Int?
+        if name == "ms" {
+            guard let lt = flags.first, let len = Bytes.parseUInt(lt), len <= UInt64(Int32.max) - 2 else { return local(badFormat) }
+            dataLength = Int(len)
+            flags.removeFirst()
+        }
+        let has = { (c: Character) in flags.contains { $0.first == c.asciiValue! } }
+        let key: [UInt8]
+        if has("b") {
+            guard let k = Base64.decode(keyTok), !k.isEmpty, keyTok.count <= Key.maxLength else {
+                return local("CLIENT_ERROR error decoding key", swallow: dataLength)
+            }
+            key = k
+        } else {
+            guard Key.isPlain(Array(keyTok)) else { return local(badFormat, swallow: dataLength) }
+            key = Array(keyTok)
+        }
+        if let dataLength, dataLength > maxItemSize { return local("SERVER_ERROR object too large for cache", swallow: dataLength) }
+        let effect: Effect
+        switch name {
+        case "ms", "ma": effect = .write(key)
+        case "md": effect = .delete(key)
+        default: effect = .metaGet(key: key, touches: has("T"), vivifies: has("N"))
+        }
+        return ClientCommand(reply: .meta, quiet: has("q"), dataLength: dataLength, effect: effect)
+    }
+}

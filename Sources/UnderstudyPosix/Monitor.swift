@@ -1,0 +1,64 @@
+import Glibc
+
+/// State guarded by a mutex, with a condition variable to wait for it to change.
+///
+/// `Synchronization.Mutex` has no condition variable, and the tap's sync mode and the sender
+/// threads need "wait until X, or until a deadline" — the classic monitor.
+public final class Monitor<State>: @unchecked Sendable {
+    private var state: State
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    public init(_ initial: State) {
+        state = initial
+        pthread_mutex_init(mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        // Deadlines are monotonic: a wall-clock step must not stretch or cut a sync timeout.
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    public func withLock<R>(_ body: (inout State) throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&state)
+    }
+
+    /// Mutates and wakes every waiter.
+    public func update<R>(_ body: (inout State) -> R) -> R {
+        pthread_mutex_lock(mutex)
+        defer {
+            pthread_cond_broadcast(cond)
+            pthread_mutex_unlock(mutex)
+        }
+        return body(&state)
+    }
+
+    /// Waits until `ready` holds or `timeoutMs` passes (nil: forever), then runs `body` under
+    /// the lock. `body` learns whether the condition held.
+    public func wait<R>(until ready: (State) -> Bool, timeoutMs: Int?, _ body: (inout State, Bool) -> R) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let deadline = timeoutMs.map { Clock.monoNanos() + UInt64(max($0, 0)) * 1_000_000 }
+        while !ready(state) {
+            if let deadline {
+                let now = Clock.monoNanos()
+                if now >= deadline { return body(&state, false) }
+                var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+                pthread_cond_timedwait(cond, mutex, &ts)
+            } else {
+                pthread_cond_wait(cond, mutex)
+            }
+        }
+        return body(&state, true)
+    }
+}

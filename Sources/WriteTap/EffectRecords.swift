@@ -1,0 +1,31 @@
+import JournalWire
+import MemcacheProtocol
+
+/// The one mapping from "what a request did" to journal records, shared by the proxy's text
+/// and binary sessions and the library client.
+extension ClientCommand.Effect {
+    /// Records for a request that succeeded; `hits` are the keys a gat/gats returned.
+    func records(hits: [[UInt8]]) -> [(RecordOp, [UInt8])] {
+        switch self {
+        case .write(let k): return [(.write, k)]
+        case .delete(let k): return [(.delete, k)]
+        case .touch(let k): return [(.touch, k)]
+        case .flush(let d): return [(.flush, d)]
+        case .touchHits: return hits.map { (.touch, $0) }
+        case .metaGet(let k, let touches, let vivifies):
+            if vivifies { return [(.write, k)] }
+            return touches ? [(.touch, k)] : []
+        }
+    }
+}
+
+extension BinaryPacket.Effect {
+    var recordOp: RecordOp {
+        switch self {
+        case .write: return .write
+        case .delete: return .delete
+        case .touch: return .touch
+        case .flush: return .flush
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import JournalWire
+import UnderstudyPosix
+
+/// What every client session shares: its upstream connection (opened lazily, dropped on
+/// failure, reopened on the next request so the tap keeps serving once memcached is back),
+/// and the journal emitter with the sync-mode wait.
+final class SessionUpstream {
+    let proxy: TapProxy
+    private(set) var stream: ByteStream?
+
+    init(proxy: TapProxy) { self.proxy = proxy }
+
+    deinit {
+        if let stream { proxy.pool.release(stream) }
+    }
+
+    /// The connection, or the reason memcached cannot be reached (for `SERVER_ERROR`).
+    func connection() -> Result<ByteStream, SessionFailure> {
+        if let stream { return .success(stream) }
+        do {
+            let s = try proxy.pool.acquire()
+            stream = s
+            return .success(s)
+        } catch {
+            return .failure(SessionFailure("memcached \(proxy.options.memcached) unavailable: \(error)"))
+        }
+    }
+
+    /// Forgets a connection that is no longer in step with the server.
+    func drop() {
+        stream?.socket.close()
+        stream = nil
+    }
+
+    /// Journals a write memcached acknowledged, and in sync/strict mode waits for the follower.
+    /// Returns an error text only when strict mode must refuse the client.
+    func journal(_ op: RecordOp, _ key: [UInt8]) -> String? {
+        let seq = proxy.emitter.emit(op, key: key)
+        guard proxy.emitter.mode != .async else { return nil }
+        if case .notApplied(let why) = proxy.emitter.awaitApplied(seq) {
+            if proxy.emitter.mode == .strict { return "not replicated: \(why)" }
+        }
+        return nil
+    }
+}
+
+struct SessionFailure: Error {
+    let message: String
+    init(_ m: String) { message = m }
+}

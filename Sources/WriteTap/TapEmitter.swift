@@ -1,0 +1,279 @@
+import JournalWire
+import UnderstudyPosix
+
+/// The tap's journal sender: records go into a bounded buffer and a background thread ships
+/// them to the keeper, so the application's write path never blocks on the journal (async
+/// mode). Records stay buffered until the keeper acknowledges them and are re-sent after a
+/// reconnect. When the buffer overflows the tap reports a gap — counted, logged and sent to
+/// the keeper, which makes the follower resync — instead of dropping anything silently.
+public final class TapEmitter: Sendable {
+    public enum Mode: String, Sendable, CaseIterable {
+        /// Answer the client as soon as memcached did.
+        case async
+        /// Wait for the follower to apply; on timeout or no follower, answer anyway (counted).
+        case sync
+        /// Wait for the follower to apply; on timeout or no follower, answer `SERVER_ERROR`.
+        case strict
+    }
+
+    public struct Options: Sendable {
+        public var journal: Endpoint
+        public var secret: [UInt8]
+        /// Unacknowledged records held before the tap declares a gap.
+        public var capacity: Int
+        public var mode: Mode
+        public var syncTimeoutMs: Int
+
+        public init(journal: Endpoint, secret: [UInt8] = [], capacity: Int = 1 << 20, mode: Mode = .async, syncTimeoutMs: Int = 1000) {
+            self.journal = journal
+            self.secret = secret
+            self.capacity = capacity
+            self.mode = mode
+            self.syncTimeoutMs = syncTimeoutMs
+        }
+    }
+
+    public struct Counters: Sendable, Equatable {
+        public var emitted: UInt64 = 0
+        public var acked: UInt64 = 0
+        /// Records discarded because the buffer overflowed; each overflow is also a reported gap.
+        public var overflowed: UInt64 = 0
+        public var gaps: UInt64 = 0
+        public var reconnects: UInt64 = 0
+        public var syncApplied: UInt64 = 0
+        public var syncDegraded: UInt64 = 0
+        public var syncFailed: UInt64 = 0
+    }
+
+    struct PendingGap {
+        var fromSeq: UInt64
+        var lost: UInt64
+        var lastSeq: UInt64 { fromSeq + lost - 1 }
+    }
+
+    struct State {
+        var pending: [TapRecord] = []
+        var head = 0
+        var nextSeq: UInt64 = 1
+        var acked: UInt64 = 0
+        var sentUpTo: UInt64 = 0
+        var gap: PendingGap?
+        var gapSent = false
+        var applied: UInt64 = 0
+        var followerInSync = false
+        var connected = false
+        var stopping = false
+        var connection: Socket?
+        var counters = Counters()
+        var lastError = ""
+
+        var unacked: Int { pending.count - head }
+
+        mutating func trim(upTo seq: UInt64) {
+            if seq > acked {
+                counters.acked += seq - acked
+                acked = seq
+            }
+            while head < pending.count && pending[head].seq <= acked { head += 1 }
+            if head > 4096 && head * 2 > pending.count {
+                pending.removeFirst(head)
+                head = 0
+            }
+            if let g = gap, g.lastSeq <= acked { gap = nil }
+        }
+    }
+
+    public let options: Options
+    /// Identifies this tap to the keeper across reconnects, so the keeper can say what it has.
+    public let tapID: [UInt8]
+    let state: Monitor<State>
+
+    public init(_ options: Options) {
+        self.options = options
+        self.tapID = Handshake.nonce().prefix(16).map { $0 }
+        self.state = Monitor(State())
+        Threads.start("tap-sender") { [self] in senderLoop() }
+    }
+
+    public var mode: Mode { options.mode }
+    public var counters: Counters { state.withLock { $0.counters } }
+    public var isConnected: Bool { state.withLock { $0.connected } }
+    public var lastSeq: UInt64 { state.withLock { $0.nextSeq - 1 } }
+    public var ackedSeq: UInt64 { state.withLock { $0.acked } }
+
+    /// Queues a record for a write memcached has already acknowledged (Invariant 1). Never
+    /// blocks on the network. Returns the record's tap sequence number.
+    @discardableResult
+    public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
+        state.update { s in
+            let seq = s.nextSeq
+            s.nextSeq += 1
+            s.counters.emitted += 1
+            if s.unacked >= options.capacity {
+                // Everything not yet acknowledged will be covered by the follower's resync;
+                // keep one gap that spans it all, and start buffering afresh after it.
+                let from = s.gap?.fromSeq ?? s.pending[s.head].seq
+                let lost = seq - from + 1
+                if s.gap == nil { s.counters.gaps += 1 }
+                s.counters.overflowed += UInt64(s.unacked) + 1
+                s.gap = PendingGap(fromSeq: from, lost: lost)
+                s.gapSent = false
+                s.pending.removeAll(keepingCapacity: true)
+                s.head = 0
+                Log.warning("tap", "journal buffer full (\(options.capacity) records): reporting a gap of \(lost) records from seq \(from); the follower will resync")
+            } else {
+                s.pending.append(TapRecord(seq: seq, op: op, key: key))
+            }
+            return seq
+        }
+    }
+
+    public enum SyncOutcome: Equatable, Sendable {
+        case applied
+        /// Timed out or no in-sync follower: the write stands on the active only.
+        case notApplied(String)
+    }
+
+    /// Blocks until the follower has applied record `seq`, or the sync timeout passes, or the
+    /// keeper says no follower is in sync (then at once: waiting cannot help).
+    public func awaitApplied(_ seq: UInt64) -> SyncOutcome {
+        let outcome = state.wait(until: { s in s.applied >= seq || s.stopping || (s.connected && !s.followerInSync) },
+                                 timeoutMs: options.syncTimeoutMs) { s, _ -> SyncOutcome in
+            if s.applied >= seq {
+                s.counters.syncApplied += 1
+                return .applied
+            }
+            if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
+            if !s.connected { return .notApplied("journal keeper unreachable: \(s.lastError)") }
+            if !s.followerInSync { return .notApplied("no in-sync follower") }
+            return .notApplied("follower did not apply within \(options.syncTimeoutMs) ms")
+        }
+        return outcome
+    }
+
+    /// Waits until the keeper has acknowledged everything emitted so far (or the timeout).
+    public func drain(timeoutMs: Int) -> Bool {
+        let target = lastSeq
+        return state.wait(until: { $0.acked >= target }, timeoutMs: timeoutMs) { _, ok in ok }
+    }
+
+    public func stop() {
+        let conn = state.update { s -> Socket? in
+            s.stopping = true
+            return s.connection
+        }
+        conn?.shutdown()
+    }
+
+    // MARK: sender
+
+    func senderLoop() {
+        var backoffMs = 50
+        var lastLogged = ""
+        while !state.withLock({ $0.stopping }) {
+            do throws(Handshake.Failure) {
+                let (ch, _) = try Handshake.connect(options.journal, secret: options.secret, kind: .tap)
+                backoffMs = 50
+                lastLogged = ""
+                try serve(ch)
+            } catch {
+                let text = error.description
+                state.update { s in
+                    s.connected = false
+                    s.followerInSync = false
+                    s.connection = nil
+                    s.lastError = text
+                }
+                if text != lastLogged {
+                    Log.warning("tap", "journal \(options.journal): \(text); buffering (\(state.withLock { $0.unacked }) records)")
+                    lastLogged = text
+                }
+            }
+            if state.withLock({ $0.stopping }) { break }
+            Clock.sleep(milliseconds: backoffMs)
+            backoffMs = min(backoffMs * 2, 1000)
+        }
+    }
+
+    /// One connection's life: welcome, resend from the keeper's last ack, then stream.
+    func serve(_ ch: JournalChannel) throws(Handshake.Failure) {
+        let socket = ch.stream.socket
+        defer { socket.shutdown(); socket.close() }
+        do {
+            try ch.send(.tapStart(tapID: tapID))
+            guard case .tapWelcome(_, let keeperAcked) = try ch.receive() else {
+                throw Handshake.Failure.channel(.journal(.unexpected("expected tap welcome")))
+            }
+            // Reads block indefinitely now; the reader thread ends when the socket is shut down.
+            try? socket.setIOTimeout(milliseconds: 0)
+            state.update { s in
+                s.trim(upTo: min(keeperAcked, s.nextSeq - 1))
+                s.sentUpTo = s.acked
+                s.gapSent = false
+                s.connected = true
+                s.connection = socket
+                s.counters.reconnects += 1
+            }
+            Log.info("tap", "connected to journal keeper \(options.journal)")
+        } catch let e as Handshake.Failure {
+            throw e
+        } catch let e as JournalChannel.ReceiveError {
+            throw .channel(e)
+        } catch {
+            throw .channel(.stream(error as! StreamError))
+        }
+        Threads.start("tap-acks") { [self] in readAcks(ch) }
+        while true {
+            let batch = state.wait(until: { s in
+                s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || (s.unacked > 0 && s.pending.last!.seq > s.sentUpTo)
+            }, timeoutMs: 1000) { s, _ -> (gap: PendingGap?, records: [TapRecord], live: Bool) in
+                guard !s.stopping, s.connected else { return (nil, [], false) }
+                var gap: PendingGap?
+                if let g = s.gap, !s.gapSent {
+                    gap = g
+                    s.gapSent = true
+                }
+                var recs: [TapRecord] = []
+                var i = s.head
+                while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
+                while i < s.pending.count && recs.count < 8192 {
+                    recs.append(s.pending[i])
+                    i += 1
+                }
+                if let last = recs.last { s.sentUpTo = last.seq }
+                return (gap, recs, true)
+            }
+            guard batch.live else { throw .channel(.stream(.closed(peer: ch.peer))) }
+            if let g = batch.gap { ch.queue(.tapGap(fromSeq: g.fromSeq, lost: g.lost)) }
+            if !batch.records.isEmpty { ch.queue(.records(batch.records)) }
+            do { try ch.flush() } catch { throw .channel(.stream(error)) }
+        }
+    }
+
+    func readAcks(_ ch: JournalChannel) {
+        while true {
+            do {
+                switch try ch.receive() {
+                case .tapAck(let seq): state.update { $0.trim(upTo: seq) }
+                case .tapApplied(let seq): state.update { s in s.applied = max(s.applied, seq) }
+                case .syncState(let ok): state.update { s in s.followerInSync = ok }
+                case .refused(let why):
+                    Log.warning("tap", "keeper refused: \(why)")
+                    throw JournalChannel.ReceiveError.journal(.refused(why))
+                default: continue
+                }
+            } catch {
+                let text = "\(error)"
+                state.update { s in
+                    if s.connection === ch.stream.socket {
+                        s.connected = false
+                        s.followerInSync = false
+                        s.lastError = text
+                    }
+                }
+                ch.stream.socket.shutdown()
+                return
+            }
+        }
+    }
+}
