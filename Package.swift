@@ -23,7 +23,7 @@ let package = Package(
             name: "UnderstudyCore",
             dependencies: ["UnderstudyPosix", "MemcacheProtocol", "MemcacheClient", "JournalWire", "WriteTap"],
             swiftSettings: strict),
-        .executableTarget(name: "understudy", dependencies: ["UnderstudyCore"], swiftSettings: strict),
+        .executableTarget(name: "understudy", dependencies: ["UnderstudyCore", "WriteTap", "JournalWire", "UnderstudyPosix"], swiftSettings: strict),
         .testTarget(
             name: "UnderstudyTests",
             dependencies: ["UnderstudyPosix", "MemcacheProtocol", "MemcacheClient", "JournalWire", "WriteTap", "UnderstudyCore"],

@@ -55,7 +55,8 @@ extension MemcacheConnection {
         guard r.status == .mn else { throw .protocolError(.unexpected("expected MN, got \(r.status)")) }
     }
 
-    func readMetaReply() throws(MemcacheError) -> MetaReply {
+    /// Reads one meta reply (and its data block), for callers that pipeline their own requests.
+    public func readMetaReply() throws(MemcacheError) -> MetaReply {
         let l = try line()
         var (reply, len) = MetaReply.parseHeader(l)
         if case .error(let e) = reply.status, case .malformed = e { throw .protocolError(e) }

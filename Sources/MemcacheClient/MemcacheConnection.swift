@@ -29,7 +29,8 @@ public final class MemcacheConnection {
 
     // MARK: raw plumbing shared by the typed calls
 
-    func send(_ bytes: [UInt8]) throws(MemcacheError) {
+    /// Sends pre-encoded requests in one write (hot paths build their own pipelines).
+    public func send(_ bytes: [UInt8]) throws(MemcacheError) {
         stream.write(bytes)
         try flush()
     }

@@ -84,6 +84,16 @@ public final class Socket: Sendable {
         }
     }
 
+    /// The connected peer's address, for logs ("who was refused").
+    public var remoteAddress: String {
+        var st = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &st) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        guard rc == 0 else { return peer }
+        if Int32(st.ss_family) == AF_UNIX { return "local socket" }
+        return withUnsafePointer(to: &st) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0, length: len).description } }
+    }
+
     // MARK: I/O
 
     /// Bounds every later read (`SO_RCVTIMEO`) and write (`SO_SNDTIMEO`): a peer that stalls

@@ -1,0 +1,164 @@
+import UnderstudyPosix
+
+/// `understudy serve` settings. Every key works as a flag (`--peer H:P`) and as a line of the
+/// `--config` file (`peer = H:P`); flags win over the file. The names are DESIGN.md §7's.
+public struct Config: Sendable {
+    public enum Role: String, Sendable { case active, passive }
+
+    public var memcached = try! Endpoint(parsing: "127.0.0.1:11211")
+    public var listen = try! Endpoint(parsing: "127.0.0.1:11311")
+    public var peer: Endpoint?
+    public var peerMemcached: Endpoint?
+    public var control = "/run/understudy/control.sock"
+    public var metrics: Endpoint?
+    public var secretFile: String?
+    public var stateDir = "/var/lib/understudy"
+    public var role = Role.passive
+    /// Backlog bound in bytes (default 64 MiB ≈ 600 k records of 30-byte keys).
+    public var backlogSize = 64 << 20
+    public var batchSize = 1000
+    public var logLevel = Log.Level.info
+    /// Bind the journal port to a wildcard address even so (never implied).
+    public var allowWildcard = false
+
+    public init() {}
+
+    public struct Error: Swift.Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+        init(_ m: String) { message = m }
+    }
+
+    /// Every key, with the help text `understudy serve --help` prints.
+    public static let keys: [(String, String)] = [
+        ("memcached", "H:P of the local memcached (default 127.0.0.1:11211)"),
+        ("listen", "H:P of the journal port, for taps and the peer (default 127.0.0.1:11311)"),
+        ("peer", "H:P of the peer daemon's journal port"),
+        ("peer-memcached", "H:P of the peer's memcached (the active one, when passive)"),
+        ("control", "path of the control Unix socket, mode 0600 (default /run/understudy/control.sock)"),
+        ("metrics", "H:P for Prometheus metrics over HTTP (off by default)"),
+        ("secret-file", "shared secret for the journal port; required to bind a non-loopback address"),
+        ("state-dir", "directory for the epoch and replication position (default /var/lib/understudy)"),
+        ("role", "active|passive at start (default passive; heartbeat decides after that)"),
+        ("backlog-size", "journal backlog bound in bytes, K/M/G suffixes (default 64M)"),
+        ("batch-size", "keys per pipelined copy batch (default 1000)"),
+        ("log-level", "debug|info|warning|error (default info)"),
+        ("allow-wildcard", "true to allow binding the journal port to 0.0.0.0 or ::"),
+    ]
+
+    /// Parses `serve` arguments, reading `--config FILE` first if given.
+    public static func parse(_ args: [String]) throws(Error) -> Config {
+        var pairs: [(String, String)] = []
+        var i = 0
+        var file: String?
+        while i < args.count {
+            let a = args[i]
+            guard a.hasPrefix("--") else { throw Error("unexpected argument '\(a)'") }
+            var name = String(a.dropFirst(2))
+            var value: String
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            } else {
+                guard i + 1 < args.count else { throw Error("--\(name) needs a value") }
+                i += 1
+                value = args[i]
+            }
+            if name == "config" { file = value } else { pairs.append((name, value)) }
+            i += 1
+        }
+        var c = Config()
+        if let file {
+            let bytes: [UInt8]
+            do { bytes = try Files.read(file) } catch { throw Error("cannot read config file: \(error)") }
+            for (name, value) in try parseFile(String(decoding: bytes, as: UTF8.self), path: file) { try c.set(name, value) }
+        }
+        for (name, value) in pairs { try c.set(name, value) }
+        return c
+    }
+
+    /// `key = value` or `key value` per line; `#` starts a comment.
+    public static func parseFile(_ text: String, path: String) throws(Error) -> [(String, String)] {
+        var out: [(String, String)] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = Substring(raw)
+            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
+            let trimmed = line.trimmingCharacters(in: " \t\r")
+            if trimmed.isEmpty { continue }
+            let parts: [Substring]
+            if let eq = trimmed.firstIndex(of: "=") {
+                parts = [trimmed[..<eq], trimmed[trimmed.index(after: eq)...]]
+            } else {
+                parts = trimmed.split(separator: " ", maxSplits: 1)
+            }
+            guard parts.count == 2 else { throw Error("\(path):\(n + 1): expected 'key = value'") }
+            let key = parts[0].trimmingCharacters(in: " \t")
+            let value = parts[1].trimmingCharacters(in: " \t")
+            guard !key.isEmpty, !value.isEmpty else { throw Error("\(path):\(n + 1): expected 'key = value'") }
+            out.append((String(key), String(value)))
+        }
+        return out
+    }
+
+    public mutating func set(_ name: String, _ value: String) throws(Error) {
+        func endpoint() throws(Error) -> Endpoint {
+            do { return try Endpoint(parsing: value) } catch { throw Error("--\(name): \(error)") }
+        }
+        switch name {
+        case "memcached": memcached = try endpoint()
+        case "listen": listen = try endpoint()
+        case "peer": peer = try endpoint()
+        case "peer-memcached": peerMemcached = try endpoint()
+        case "control": control = value
+        case "metrics": metrics = try endpoint()
+        case "secret-file": secretFile = value
+        case "state-dir": stateDir = value
+        case "role":
+            guard let r = Role(rawValue: value) else { throw Error("--role must be active or passive, not '\(value)'") }
+            role = r
+        case "backlog-size":
+            guard let n = Self.size(value), n >= 1024 else { throw Error("--backlog-size: '\(value)' is not a size of at least 1K") }
+            backlogSize = n
+        case "batch-size":
+            guard let n = Int(value), n > 0, n <= 100_000 else { throw Error("--batch-size must be 1...100000") }
+            batchSize = n
+        case "log-level":
+            let levels: [String: Log.Level] = ["debug": .debug, "info": .info, "warning": .warning, "error": .error]
+            guard let l = levels[value] else { throw Error("--log-level must be debug, info, warning or error") }
+            logLevel = l
+        case "allow-wildcard":
+            guard let b = Bool(value) else { throw Error("--allow-wildcard must be true or false") }
+            allowWildcard = b
+        default:
+            throw Error("unknown setting '\(name)' (see understudy serve --help)")
+        }
+    }
+
+    static func size(_ s: String) -> Int? {
+        let units: [Character: Int] = ["K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "m": 1 << 20, "G": 1 << 30, "g": 1 << 30]
+        if let last = s.last, let mult = units[last] { return Int(s.dropLast()).map { $0 * mult } }
+        return Int(s)
+    }
+
+    /// Start-up checks that protect the operator (DESIGN §3 Invariant 8, §7 protected mode).
+    public func validate() throws(Error) {
+        if listen.isWildcard && !allowWildcard {
+            throw Error("refusing to bind the journal port to the wildcard address \(listen); name an interface address, or pass --allow-wildcard true")
+        }
+        if secretFile == nil && !listen.isLoopback {
+            throw Error("refusing to listen on non-loopback \(listen) without --secret-file: taps and peers must authenticate")
+        }
+        if role == .passive && (peer == nil || peerMemcached == nil) {
+            throw Error("passive role needs --peer (the keeper's journal port) and --peer-memcached (the active memcached)")
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: String) -> Substring {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return s
+    }
+}

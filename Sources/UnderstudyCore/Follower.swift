@@ -1,0 +1,427 @@
+import JournalWire
+import MemcacheClient
+import MemcacheProtocol
+import UnderstudyPosix
+
+/// The passive role: streams the journal from the peer keeper and keeps the local memcached a
+/// copy of the active one. Values come only from the active memcached (Invariant 2).
+final class Follower: Sendable {
+    struct Options: Sendable {
+        var keeper: Endpoint
+        var activeMemcached: Endpoint
+        var localMemcached: Endpoint
+        var secret: [UInt8]
+        var stateDir: String
+        var epoch: UInt64
+        var batchSize = 1000
+    }
+
+    struct State {
+        var queue: [StreamRecord] = []
+        var head = 0
+        var runID: UInt64?
+        var received: UInt64 = 0
+        var applied: UInt64 = 0
+        var keeperEnd: UInt64 = 0
+        var lagMs: Double = 0
+        var phase = "connecting"
+        var connected = false
+        var inSync = false
+        var fullSyncReason: String?
+        var progress: FullSyncProgress?
+        var lastFullSync: FullSyncReport?
+        var lastError: String?
+        var counters = FollowerCounters()
+        var stopping = false
+        var connection: Socket?
+        var lastInSync: Int64?
+        /// Whether the local memcached holds a complete copy as of `applied` (false from the
+        /// moment a full sync is needed until one finishes). Only a valid copy is persisted.
+        var copyValid = false
+
+        var pending: Int { queue.count - head }
+
+        mutating func needFullSync(_ reason: String) {
+            if fullSyncReason == nil { fullSyncReason = reason }
+            copyValid = false
+            inSync = false
+        }
+    }
+
+    let options: Options
+    let state: Monitor<State>
+
+    init(_ options: Options) {
+        self.options = options
+        self.state = Monitor(State())
+    }
+
+    func start() { Threads.start("follower") { [self] in run() } }
+
+    func stop() {
+        let c = state.update { s -> Socket? in
+            s.stopping = true
+            return s.connection
+        }
+        c?.shutdown()
+    }
+
+    /// Asks for a full sync at the next opportunity (operator `understudy resync`).
+    func requestResync(_ reason: String) {
+        state.update { $0.needFullSync(reason) }
+    }
+
+    var stopping: Bool { state.withLock { $0.stopping } }
+
+    var snapshot: FollowerStatus {
+        state.withLock { s in
+            FollowerStatus(keeperAddress: options.keeper.description, keeperRunID: s.runID.map { String($0, radix: 16) },
+                           receivedOffset: s.received, appliedOffset: s.applied,
+                           lagRecords: s.keeperEnd > s.applied ? s.keeperEnd - s.applied : 0, lagMs: s.lagMs,
+                           inSync: s.inSync, lastFullSync: s.lastFullSync, fullSyncProgress: s.progress, lastError: s.lastError,
+                           counters: s.counters)
+        }
+    }
+
+    var phase: String { state.withLock { $0.phase } }
+    var lastInSync: Int64? { state.withLock { $0.lastInSync } }
+
+    // MARK: main loop
+
+    func run() {
+        var backoffMs = 100
+        var copier: KeyCopier?
+        var identities = loadPosition()
+        while !stopping {
+            do throws(FollowerFailure) {
+                if copier == nil { copier = try makeCopier() }
+                let ch = try connect()
+                backoffMs = 100
+                try follow(ch, copier: copier!, identities: &identities)
+            } catch {
+                if case .memcached = error { copier = nil }
+                state.update { s in
+                    s.lastError = error.description
+                    s.connected = false
+                    s.inSync = false
+                    s.phase = "connecting"
+                }
+                if !stopping { Log.warning("follower", "\(error); retrying in \(backoffMs) ms") }
+            }
+            persist(identities)
+            if stopping { break }
+            Clock.sleep(milliseconds: backoffMs)
+            backoffMs = min(backoffMs * 2, 2000)
+        }
+        persist(identities)
+        state.update { $0.phase = "stopped" }
+    }
+
+    struct Identities {
+        var local: MemcachedIdentity?
+        var active: MemcachedIdentity?
+    }
+
+    /// Restores `(run id, offset)` if the local memcached still is the one that holds that copy.
+    func loadPosition() -> Identities {
+        guard let pos = FollowerPosition.load(from: options.stateDir) else { return Identities() }
+        state.update { s in
+            s.runID = pos.runID
+            s.applied = pos.applied
+            s.received = pos.applied
+            s.copyValid = true
+        }
+        Log.info("follower", "saved position: run \(String(pos.runID, radix: 16)) offset \(pos.applied)")
+        return Identities(local: pos.local, active: pos.active)
+    }
+
+    func persist(_ ids: Identities) {
+        let (run, applied, valid) = state.withLock { ($0.runID, $0.applied, $0.copyValid) }
+        guard let run, let local = ids.local, valid else { return }
+        do {
+            try FollowerPosition(runID: run, applied: applied, local: local, active: ids.active).save(to: options.stateDir)
+        } catch {
+            Log.error("follower", "cannot save position to \(options.stateDir): \(error)")
+        }
+    }
+
+    func makeCopier() throws(FollowerFailure) -> KeyCopier {
+        do {
+            return KeyCopier(active: try MemcacheConnection(options.activeMemcached, ioTimeoutMs: 5000),
+                             local: try MemcacheConnection(options.localMemcached, ioTimeoutMs: 5000))
+        } catch {
+            throw .memcached(error)
+        }
+    }
+
+    func connect() throws(FollowerFailure) -> JournalChannel {
+        state.update { $0.phase = "connecting" }
+        let ch: JournalChannel
+        do {
+            (ch, _) = try Handshake.connect(options.keeper, secret: options.secret, kind: .follower)
+        } catch {
+            throw .journal(error.description)
+        }
+        let (run, applied) = state.withLock { ($0.runID ?? 0, $0.applied) }
+        do {
+            try ch.send(.follow(runID: run, applied: applied, epoch: options.epoch))
+            switch try ch.receive() {
+            case .resume(let r, let from):
+                state.update { s in
+                    s.runID = r
+                    s.counters.partialResyncs += 1
+                    s.received = from - 1
+                }
+                Log.info("follower", "resuming from offset \(from) of run \(String(r, radix: 16)) (partial resync)")
+            case .fullSync(let r, let from):
+                state.update { s in
+                    let why = s.runID == nil ? "first sync" : s.runID == r ? "offset \(s.applied) no longer in the keeper's backlog" : "keeper run changed"
+                    s.runID = r
+                    s.applied = from - 1
+                    s.received = from - 1
+                    s.needFullSync(why)
+                }
+                FollowerPosition.forget(in: options.stateDir)
+                Log.info("follower", "keeper asks for a full sync; streaming from offset \(from) meanwhile")
+            case .refused(let why):
+                throw FollowerFailure.journal("keeper refused: \(why)")
+            default:
+                throw FollowerFailure.journal("unexpected reply to follow")
+            }
+            try ch.stream.socket.setIOTimeout(milliseconds: 0)
+        } catch let e as FollowerFailure {
+            ch.stream.socket.close()
+            throw e
+        } catch {
+            ch.stream.socket.close()
+            throw .journal("\(error)")
+        }
+        state.update { s in
+            s.connected = true
+            s.connection = ch.stream.socket
+            s.queue.removeAll()
+            s.head = 0
+            s.lastError = nil
+        }
+        return ch
+    }
+
+    /// Reads the stream into the queue until the connection ends. Full syncs run meanwhile;
+    /// the queue is their buffer.
+    func readStream(_ ch: JournalChannel) {
+        while true {
+            let m: Message
+            do { m = try ch.receive() } catch {
+                state.update { s in
+                    if s.connection === ch.stream.socket {
+                        s.connected = false
+                        if !s.stopping { s.lastError = "keeper stream: \(error)" }
+                    }
+                }
+                return
+            }
+            switch m {
+            case .stream(let recs):
+                state.update { s in
+                    s.queue.append(contentsOf: recs)
+                    if let last = recs.last {
+                        s.received = last.offset
+                        s.keeperEnd = max(s.keeperEnd, last.offset)
+                    }
+                }
+            case .ping(let end, _):
+                state.update { s in s.keeperEnd = max(s.keeperEnd, end) }
+            default:
+                continue
+            }
+        }
+    }
+
+    func follow(_ ch: JournalChannel, copier: KeyCopier, identities: inout Identities) throws(FollowerFailure) {
+        defer {
+            ch.stream.socket.shutdown()
+            ch.stream.socket.close()
+        }
+        Threads.start("follower-stream") { [self] in readStream(ch) }
+        var lastCheck: UInt64 = 0
+        var lastPersist = Clock.monoNanos()
+        while !stopping {
+            if Clock.monoNanos() - lastCheck > 1_000_000_000 {
+                lastCheck = Clock.monoNanos()
+                try checkIdentities(copier, &identities)
+            }
+            if let reason = state.withLock({ $0.fullSyncReason }) {
+                try fullSync(reason: reason, identities: &identities)
+                try ack(ch)
+                continue
+            }
+            let (batch, live) = state.wait(until: { $0.pending > 0 || !$0.connected || $0.stopping || $0.fullSyncReason != nil },
+                                           timeoutMs: 200) { s, _ -> ([StreamRecord], Bool) in
+                let n = min(s.pending, options.batchSize)
+                let b = Array(s.queue[s.head..<(s.head + n)])
+                s.head += n
+                if s.head > 100_000 && s.head * 2 > s.queue.count {
+                    s.queue.removeFirst(s.head)
+                    s.head = 0
+                }
+                if n == 0 && s.connected && s.fullSyncReason == nil {
+                    s.phase = "streaming"
+                    s.inSync = true
+                    s.lastInSync = Clock.unixSeconds()
+                    s.lagMs = 0
+                }
+                return (b, s.connected)
+            }
+            if batch.isEmpty {
+                if !live { throw .journal(state.withLock { $0.lastError } ?? "keeper connection closed") }
+                if Clock.monoNanos() - lastPersist > 1_000_000_000 {
+                    persist(identities)
+                    lastPersist = Clock.monoNanos()
+                }
+                continue
+            }
+            try apply(batch, copier: copier, identities: &identities)
+            try ack(ch)
+        }
+    }
+
+    func ack(_ ch: JournalChannel) throws(FollowerFailure) {
+        let applied = state.withLock { $0.applied }
+        do { try ch.send(.followerAck(applied: applied)) } catch { throw .journal("ack: \(error)") }
+    }
+
+    /// Applies a batch in journal order. Within a run of plain key records the keys are
+    /// deduplicated: every read happens after every record in the run was journaled, so the
+    /// value read is at least as new as any of them. Flush and gap records split runs.
+    func apply(_ batch: [StreamRecord], copier: KeyCopier, identities: inout Identities) throws(FollowerFailure) {
+        var keys: [[UInt8]] = []
+        var seen = Set<[UInt8]>()
+        var runEnd: StreamRecord?
+
+        func copyRun() throws(FollowerFailure) {
+            guard let last = runEnd else { return }
+            let outcome = try copyWithRetry(keys, copier)
+            let now = Clock.wallNanos()
+            state.update { s in
+                s.applied = max(s.applied, last.offset)
+                s.counters.recordsApplied += UInt64(keys.count)
+                s.counters.keysCopied += UInt64(outcome.copied)
+                s.counters.keysDeleted += UInt64(outcome.deleted)
+                s.counters.applyErrors += UInt64(outcome.errors)
+                s.lagMs = Double(max(0, now - last.stampNanos)) / 1e6
+                s.phase = "streaming"
+            }
+            keys.removeAll(keepingCapacity: true)
+            seen.removeAll(keepingCapacity: true)
+            runEnd = nil
+        }
+
+        for r in batch {
+            switch r.op {
+            case .write, .delete, .touch:
+                if seen.insert(r.key).inserted { keys.append(r.key) }
+                runEnd = r
+            case .flush:
+                try copyRun()
+                do {
+                    try copier.local.flushAll(delay: Bytes.parseInt(r.key))
+                } catch {
+                    throw .memcached(error)
+                }
+                state.update { s in
+                    s.applied = max(s.applied, r.offset)
+                    s.counters.flushes += 1
+                }
+            case .gap:
+                try copyRun()
+                state.update { s in s.counters.gaps += 1 }
+                Log.warning("follower", "journal gap at offset \(r.offset): full sync")
+                try fullSync(reason: "journal gap at offset \(r.offset)", identities: &identities, base: r.offset)
+            }
+        }
+        try copyRun()
+    }
+
+    /// Copies keys; if the active or local memcached is unreachable, retries (records are
+    /// kept, never skipped) until it is back or we are stopped.
+    func copyWithRetry(_ keys: [[UInt8]], _ copier: KeyCopier) throws(FollowerFailure) -> KeyCopier.Outcome {
+        do {
+            var o = try copier.copy(keys)
+            o.errors += copier.deferredErrors
+            return o
+        } catch {
+            throw .memcached(error)
+        }
+    }
+
+    func checkIdentities(_ copier: KeyCopier, _ ids: inout Identities) throws(FollowerFailure) {
+        do {
+            let local = try MemcachedIdentity.read(copier.local)
+            let active = try MemcachedIdentity.read(copier.active)
+            if let old = ids.local, !old.sameProcess(as: local) {
+                Log.warning("follower", "local memcached restarted (\(old) → \(local)): its copy is gone; full sync")
+                requestResync("local memcached restarted")
+            } else if ids.local == nil && state.withLock({ !$0.copyValid }) {
+                requestResync("no saved position for this local memcached")
+            }
+            if let old = ids.active, !old.sameProcess(as: active) {
+                Log.warning("follower", "active memcached restarted (\(old) → \(active)); full sync")
+                requestResync("active memcached restarted")
+            }
+            ids.local = local
+            ids.active = active
+        } catch {
+            throw .memcached(error)
+        }
+    }
+
+    /// Runs a full sync while the stream keeps buffering, then lets the caller replay it.
+    /// `base` is the last offset the sync covers (a gap record), or nil for the current one.
+    func fullSync(reason: String, identities: inout Identities, base: UInt64? = nil) throws(FollowerFailure) {
+        FollowerPosition.forget(in: options.stateDir)
+        state.update { s in
+            s.phase = "full_sync"
+            s.inSync = false
+            s.progress = FullSyncProgress(keys: 0, keysPerSecond: 0, etaSeconds: nil, phase: "start")
+        }
+        Log.info("follower", "full sync from \(options.activeMemcached) started (\(reason))")
+        let sync = FullSync(active: options.activeMemcached, local: options.localMemcached, batchSize: options.batchSize)
+        let report: FullSyncReport
+        do {
+            report = try sync.run(reason: reason, progress: { p in
+                state.update { $0.progress = p }
+                Log.info("follower", "full sync: \(p.keys) keys, \(Int(p.keysPerSecond)) keys/s" + (p.etaSeconds.map { ", ETA \(Int($0)) s" } ?? ""))
+            }, shouldStop: { stopping })
+        } catch {
+            state.update { $0.progress = nil }
+            throw .fullSync(error.description)
+        }
+        state.update { s in
+            s.fullSyncReason = nil
+            s.copyValid = true
+            s.progress = nil
+            s.lastFullSync = report
+            s.counters.fullSyncs += 1
+            s.counters.keysCopied += report.keys
+            s.counters.keysDeleted += report.deleted
+            if let base { s.applied = max(s.applied, base) }
+            s.phase = "streaming"
+        }
+        Log.info("follower", "full sync done: \(report.keys) keys copied, \(report.deleted) stale deleted in \(report.durationMs) ms (\(Int(Double(report.keys) / max(Double(report.durationMs), 1) * 1000)) keys/s); replaying \(state.withLock { $0.pending }) buffered records")
+        persist(identities)
+    }
+}
+
+enum FollowerFailure: Error, CustomStringConvertible {
+    case journal(String)
+    case memcached(MemcacheError)
+    case fullSync(String)
+
+    var description: String {
+        switch self {
+        case .journal(let m): return "journal: \(m)"
+        case .memcached(let e): return "memcached: \(e)"
+        case .fullSync(let m): return "full sync failed: \(m)"
+        }
+    }
+}

@@ -1,0 +1,266 @@
+import JournalWire
+import UnderstudyPosix
+
+/// The active role: receives tap records, numbers them `(run id, offset)`, keeps the backlog,
+/// streams it to the follower, and relays the follower's applied offset back to sync taps.
+final class Keeper: Sendable {
+    struct TapState {
+        /// Highest tap sequence journaled for this tap id in this run.
+        var lastSeq: UInt64 = 0
+        /// (journal offset, tap seq) of the last record of recent batches, oldest first,
+        /// for turning the follower's applied offset into this tap's applied seq.
+        var marks: [(offset: UInt64, seq: UInt64)] = []
+        var appliedSeq: UInt64 = 0
+    }
+
+    struct State {
+        var backlog: Backlog
+        var taps: [[UInt8]: TapState] = [:]
+        var tapConnections = 0
+        var followerConnection: Socket?
+        var followerID = 0
+        var followerApplied: UInt64 = 0
+        var followerInSync = false
+        var followerAddress = ""
+        var stopping = false
+        var counters = KeeperCounters()
+    }
+
+    let runID: UInt64
+    let epoch: UInt64
+    let state: Monitor<State>
+
+    init(backlogBytes: Int, epoch: UInt64) {
+        var g = SystemRandomNumberGenerator()
+        self.runID = UInt64.random(in: 1...UInt64.max >> 1, using: &g)
+        self.epoch = epoch
+        self.state = Monitor(State(backlog: Backlog(limitBytes: backlogBytes)))
+    }
+
+    func stop() {
+        let follower = state.update { s -> Socket? in
+            s.stopping = true
+            return s.followerConnection
+        }
+        follower?.shutdown()
+    }
+
+    var snapshot: KeeperStatus {
+        state.withLock { s in
+            KeeperStatus(runID: String(runID, radix: 16), endOffset: s.backlog.lastOffset, backlogFirstOffset: s.backlog.firstOffset,
+                         backlogRecords: s.backlog.count, backlogBytes: s.backlog.bytes, backlogLimitBytes: s.backlog.limitBytes,
+                         tapsConnected: s.tapConnections, followerConnected: s.followerConnection != nil,
+                         followerAddress: s.followerAddress, followerApplied: s.followerApplied, followerInSync: s.followerInSync,
+                         counters: s.counters)
+        }
+    }
+
+    // MARK: taps
+
+    /// Serves one authenticated tap connection until it closes.
+    func serveTap(_ ch: JournalChannel) {
+        let tapID: [UInt8]
+        do {
+            guard case .tapStart(let id) = try ch.receive() else { return }
+            tapID = id
+            let acked = state.update { s -> UInt64 in
+                s.tapConnections += 1
+                return s.taps[id]?.lastSeq ?? 0
+            }
+            try ch.send(.tapWelcome(runID: runID, ackedSeq: acked))
+            try ch.stream.socket.setIOTimeout(milliseconds: 0)
+        } catch {
+            Log.warning("keeper", "tap \(ch.peer): \(error)")
+            return
+        }
+        defer { state.update { $0.tapConnections -= 1 } }
+        let closed = Monitor(false)
+        Threads.start("keeper-tap-writer") { [self] in tapWriter(ch, tapID: tapID, closed: closed) }
+        defer {
+            closed.update { $0 = true }
+            state.update { _ in }
+        }
+        while true {
+            let m: Message
+            do { m = try ch.receive() } catch {
+                if case .stream(.closed) = error {} else { Log.warning("keeper", "tap \(ch.peer): \(error)") }
+                return
+            }
+            switch m {
+            case .records(let recs): journal(recs, tapID: tapID)
+            case .tapGap(let from, let lost): journalGap(tapID: tapID, from: from, lost: lost, reason: "tap reported buffer overflow")
+            default:
+                Log.warning("keeper", "tap \(ch.peer) sent an unexpected message; closing")
+                return
+            }
+        }
+    }
+
+    func journal(_ recs: [TapRecord], tapID: [UInt8]) {
+        let stamp = Clock.wallNanos()
+        state.update { s in
+            var tap = s.taps[tapID] ?? TapState()
+            for r in recs {
+                if r.seq <= tap.lastSeq { continue }  // resent after a reconnect: already journaled
+                if tap.lastSeq > 0 && r.seq > tap.lastSeq + 1 {
+                    let lost = r.seq - tap.lastSeq - 1
+                    appendGap(&s, reason: "tap sequence jumped from \(tap.lastSeq) to \(r.seq) (\(lost) records lost)")
+                }
+                s.backlog.append(r.op, key: r.key, stamp: stamp)
+                s.counters.records += 1
+                tap.lastSeq = r.seq
+            }
+            tap.marks.append((s.backlog.lastOffset, tap.lastSeq))
+            if tap.marks.count > 4096 { tap.marks.removeFirst(2048) }
+            s.taps[tapID] = tap
+        }
+    }
+
+    func journalGap(tapID: [UInt8], from: UInt64, lost: UInt64, reason: String) {
+        state.update { s in
+            var tap = s.taps[tapID] ?? TapState()
+            let last = from + lost - 1
+            if last > tap.lastSeq {
+                appendGap(&s, reason: "\(reason): \(lost) records from seq \(from)")
+                tap.lastSeq = last
+            }
+            s.taps[tapID] = tap
+        }
+    }
+
+    private func appendGap(_ s: inout State, reason: String) {
+        s.backlog.append(.gap, key: [], stamp: Clock.wallNanos())
+        s.counters.gaps += 1
+        Log.warning("keeper", "journal gap at offset \(s.backlog.lastOffset): \(reason); the follower will resync")
+    }
+
+    /// Sends acks, applied seqs and follower sync state to one tap as they change.
+    func tapWriter(_ ch: JournalChannel, tapID: [UInt8], closed: Monitor<Bool>) {
+        var sentAck: UInt64 = 0, sentApplied: UInt64 = 0
+        var sentSync: Bool?
+        while !closed.withLock({ $0 }) {
+            let (ack, applied, inSync, stop) = state.wait(until: { s in
+                let t = s.taps[tapID]
+                return s.stopping || (t?.lastSeq ?? 0) != sentAck || (t?.appliedSeq ?? 0) != sentApplied || s.followerInSync != sentSync
+            }, timeoutMs: 500) { s, _ in
+                (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync, s.stopping)
+            }
+            if stop { ch.stream.socket.shutdown(); return }
+            if inSync != sentSync { ch.queue(.syncState(followerInSync: inSync)) }
+            if ack != sentAck { ch.queue(.tapAck(seq: ack)) }
+            if applied != sentApplied { ch.queue(.tapApplied(seq: applied)) }
+            do { try ch.flush() } catch { ch.stream.socket.shutdown(); return }
+            (sentAck, sentApplied, sentSync) = (ack, applied, inSync)
+        }
+    }
+
+    // MARK: follower
+
+    /// Serves the follower: partial resync from the backlog when it can, otherwise tells it to
+    /// full sync and streams from the current end while it does.
+    func serveFollower(_ ch: JournalChannel) {
+        let startOffset: UInt64
+        let id: Int
+        do {
+            guard case .follow(let theirRun, let applied, let theirEpoch) = try ch.receive() else { return }
+            if theirEpoch > epoch {
+                try? ch.send(.refused(reason: "follower has seen epoch \(theirEpoch), newer than this keeper's \(epoch)"))
+                Log.warning("keeper", "refusing follower \(ch.peer): it has seen epoch \(theirEpoch) > ours \(epoch)")
+                return
+            }
+            let (reply, from, newID, old) = state.update { s -> (Message, UInt64, Int, Socket?) in
+                let old = s.followerConnection
+                s.followerID += 1
+                s.followerConnection = ch.stream.socket
+                s.followerAddress = ch.stream.socket.remoteAddress
+                s.followerInSync = false
+                if theirRun == runID && s.backlog.covers(applied + 1) {
+                    s.counters.partialResyncs += 1
+                    s.followerApplied = applied
+                    return (.resume(runID: runID, from: applied + 1), applied + 1, s.followerID, old)
+                }
+                s.counters.fullResyncs += 1
+                s.followerApplied = 0
+                return (.fullSync(runID: runID, from: s.backlog.nextOffset), s.backlog.nextOffset, s.followerID, old)
+            }
+            old?.shutdown()
+            try ch.send(reply)
+            try ch.stream.socket.setIOTimeout(milliseconds: 0)
+            startOffset = from
+            id = newID
+            if case .resume = reply {
+                Log.info("keeper", "follower \(ch.peer) resumes from offset \(from) (partial resync)")
+            } else {
+                Log.info("keeper", "follower \(ch.peer) needs a full sync (its run \(String(theirRun, radix: 16)), offset \(applied)); streaming from \(from)")
+            }
+        } catch {
+            Log.warning("keeper", "follower \(ch.peer): \(error)")
+            return
+        }
+        Threads.start("keeper-follower-acks") { [self] in readFollowerAcks(ch, id: id) }
+        streamToFollower(ch, from: startOffset, id: id)
+        ch.stream.socket.shutdown()
+        state.update { s in
+            if s.followerID == id {
+                s.followerConnection = nil
+                s.followerInSync = false
+            }
+        }
+    }
+
+    func streamToFollower(_ ch: JournalChannel, from: UInt64, id: Int) {
+        var cursor = from
+        var lastSend = Clock.monoNanos()
+        while true {
+            let (batch, end, live) = state.wait(until: { s in s.stopping || s.followerID != id || s.backlog.nextOffset > cursor },
+                                                timeoutMs: 250) { s, _ in
+                (s.backlog.read(from: cursor, max: 4096), s.backlog.lastOffset, !s.stopping && s.followerID == id)
+            }
+            guard live else { return }
+            guard let batch else {
+                Log.warning("keeper", "follower \(ch.peer) fell behind the backlog (needs offset \(cursor)); disconnecting it so it resyncs")
+                return
+            }
+            do {
+                if !batch.isEmpty {
+                    ch.queue(.stream(batch))
+                    cursor = batch.last!.offset + 1
+                    lastSend = Clock.monoNanos()
+                } else if Clock.monoNanos() - lastSend > 200_000_000 {
+                    ch.queue(.ping(endOffset: end, stampNanos: Clock.wallNanos()))
+                    lastSend = Clock.monoNanos()
+                }
+                try ch.flush()
+            } catch {
+                Log.warning("keeper", "follower \(ch.peer): \(error)")
+                return
+            }
+        }
+    }
+
+    func readFollowerAcks(_ ch: JournalChannel, id: Int) {
+        while true {
+            guard case .followerAck(let applied) = try? ch.receive() else {
+                ch.stream.socket.shutdown()
+                return
+            }
+            state.update { s in
+                guard s.followerID == id else { return }
+                s.followerApplied = max(s.followerApplied, applied)
+                s.followerInSync = true
+                for (tid, var t) in s.taps {
+                    var applySeq = t.appliedSeq
+                    var drop = 0
+                    for m in t.marks {
+                        if m.offset <= s.followerApplied { applySeq = max(applySeq, m.seq); drop += 1 } else { break }
+                    }
+                    if drop > 0 {
+                        t.marks.removeFirst(drop)
+                        t.appliedSeq = applySeq
+                        s.taps[tid] = t
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import MemcacheClient
+import MemcacheProtocol
+import UnderstudyPosix
+
+/// `understudy verify`: compares every key's value, flags and TTL on two memcacheds.
+public struct Verifier {
+    public var active: Endpoint
+    public var passive: Endpoint
+    /// Remaining-TTL difference tolerated, in seconds (the copy happened a moment later).
+    public var ttlTolerance: Int64 = 2
+    public var batchSize = 500
+
+    public init(active: Endpoint, passive: Endpoint) {
+        self.active = active
+        self.passive = passive
+    }
+
+    public struct Difference: Sendable, CustomStringConvertible {
+        public var key: [UInt8]
+        public var what: String
+        public var description: String { "\(Bytes.text(key, limit: 80)): \(what)" }
+    }
+
+    public struct Report: Sendable {
+        public var compared = 0
+        public var missing = 0
+        public var extra = 0
+        public var valueDiffs = 0
+        public var flagDiffs = 0
+        public var ttlDiffs = 0
+        public var first: [Difference] = []
+        public var total: Int { missing + extra + valueDiffs + flagDiffs + ttlDiffs }
+    }
+
+    public func run(showing limit: Int = 20) throws(MemcacheError) -> Report {
+        var report = Report()
+        let dumpA = try MemcacheConnection(active, ioTimeoutMs: 10_000)
+        let a = try MemcacheConnection(active, ioTimeoutMs: 10_000)
+        let p = try MemcacheConnection(passive, ioTimeoutMs: 10_000)
+        defer { dumpA.close(); a.close(); p.close() }
+        var seen = Set<UInt64>()
+        var batch: [[UInt8]] = []
+
+        func note(_ key: [UInt8], _ what: String) {
+            if report.first.count < limit { report.first.append(Difference(key: key, what: what)) }
+        }
+        func compare() throws(MemcacheError) {
+            let reqs = batch.map { MetaRequest.get($0, ["v", "f", "t"]) }
+            let ra = try a.pipeline(reqs)
+            let rp = try p.pipeline(reqs)
+            for (i, k) in batch.enumerated() {
+                let x = ra[i], y = rp[i]
+                if x.status != .va { continue }  // gone from the active since the dump: nothing to hold
+                report.compared += 1
+                guard y.status == .va else {
+                    report.missing += 1
+                    note(k, "missing on passive")
+                    continue
+                }
+                if x.value != y.value {
+                    report.valueDiffs += 1
+                    note(k, "value differs (\(x.value?.count ?? 0) vs \(y.value?.count ?? 0) bytes)")
+                }
+                if x.flag("f") != y.flag("f") {
+                    report.flagDiffs += 1
+                    note(k, "flags \(Bytes.text(x.flag("f") ?? [])) vs \(Bytes.text(y.flag("f") ?? []))")
+                }
+                let ta = x.intFlag("t") ?? -1, tp = y.intFlag("t") ?? -1
+                if (ta == -1) != (tp == -1) || abs(ta - tp) > ttlTolerance {
+                    report.ttlDiffs += 1
+                    note(k, "ttl \(ta) vs \(tp)")
+                }
+            }
+            batch.removeAll(keepingCapacity: true)
+        }
+
+        let fs = FullSync(active: active, local: passive)
+        do {
+            try fs.walk(dumpA, shouldStop: { false }) { (e) throws(MemcacheError) in
+                seen.insert(FullSync.hash(e.key))
+                batch.append(e.key)
+                if batch.count >= batchSize { try compare() }
+            }
+            if !batch.isEmpty { try compare() }
+            // Keys only the passive has.
+            var extras: [[UInt8]] = []
+            try fs.walk(p, shouldStop: { false }) { (e) throws(MemcacheError) in
+                if !seen.contains(FullSync.hash(e.key)) { extras.append(e.key) }
+            }
+            for chunk in stride(from: 0, to: extras.count, by: batchSize) {
+                let keys = Array(extras[chunk..<min(extras.count, chunk + batchSize)])
+                let rp = try p.pipeline(keys.map { MetaRequest.get($0, []) })
+                let ra = try a.pipeline(keys.map { MetaRequest.get($0, []) })
+                for (i, k) in keys.enumerated() where rp[i].isHit && !ra[i].isHit {
+                    report.extra += 1
+                    note(k, "only on passive")
+                }
+            }
+        } catch let e as MemcacheError {
+            throw e
+        } catch FullSync.Failure.memcached(let m) {
+            throw m
+        } catch {
+            throw .protocolError(.unexpected("\(error)"))
+        }
+        return report
+    }
+}

@@ -1,0 +1,60 @@
+import JournalWire
+import UnderstudyPosix
+import WriteTap
+
+enum TapCommand {
+    static let help = """
+        usage: understudy tap --listen H:P --memcached H:P --journal H:P [options]
+
+          --listen H:P          where applications connect (text, meta and binary protocols)
+          --memcached H:P       the active memcached (the VIP)
+          --journal H:P         the keeper's journal port (the VIP)
+          --secret-file PATH    shared secret for the journal port
+          --mode MODE           async (default), sync (wait for the follower, degrade on timeout)
+                                or strict (wait; SERVER_ERROR if not replicated)
+          --sync-timeout MS     how long sync and strict wait for the follower (default 1000)
+          --buffer N            unacknowledged journal records held before reporting a gap (default 1048576)
+
+        """
+
+    static func run(_ args: [String]) -> Int32 {
+        if args.contains("--help") { print(help, terminator: ""); return 0 }
+        do {
+            let o = try Options(args, valued: ["listen", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer"], switches: [])
+            guard let listen = try o.endpoint("listen"), let memcached = try o.endpoint("memcached"), let journal = try o.endpoint("journal") else {
+                printError("understudy tap: --listen, --memcached and --journal are required\n\n" + help)
+                return 64
+            }
+            if listen.isWildcard { printError("understudy tap: refusing to listen on the wildcard address \(listen); name an address"); return 64 }
+            guard let mode = TapEmitter.Mode(rawValue: o.values["mode"] ?? "async") else {
+                printError("understudy tap: --mode must be async, sync or strict"); return 64
+            }
+            guard let timeout = Int(o.values["sync-timeout"] ?? "1000"), timeout > 0 else {
+                printError("understudy tap: --sync-timeout must be a positive number of milliseconds"); return 64
+            }
+            guard let buffer = Int(o.values["buffer"] ?? "1048576"), buffer > 0 else {
+                printError("understudy tap: --buffer must be positive"); return 64
+            }
+            var secret: [UInt8] = []
+            if let path = o.values["secret-file"] {
+                do { secret = try Handshake.loadSecret(path: path) } catch { printError("understudy tap: \(error)"); return 1 }
+            }
+            let emitter = TapEmitter(.init(journal: journal, secret: secret, capacity: buffer, mode: mode, syncTimeoutMs: timeout))
+            let proxy: TapProxy
+            do { proxy = try TapProxy(.init(listen: listen, memcached: memcached), emitter: emitter) } catch {
+                printError("understudy tap: cannot listen on \(listen): \(error)")
+                return 1
+            }
+            proxy.start()
+            print("understudy tap: ready (port \(proxy.port))")
+            _ = Signals.waitForTermination()
+            proxy.stop()
+            let c = emitter.counters
+            Log.info("tap", "stopped: \(c.emitted) records emitted, \(c.acked) acknowledged, \(c.gaps) gaps")
+            return 0
+        } catch {
+            printError("understudy tap: \(error.message)")
+            return 64
+        }
+    }
+}
