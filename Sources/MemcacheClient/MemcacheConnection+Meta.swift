@@ -27,7 +27,8 @@ extension MemcacheConnection {
 
     /// Sends quiet requests followed by `mn`, and reads until `MN`. Returns only what the server
     /// did not suppress (misses for `mg q`, failures and errors for `ms q`/`md q`), each tagged
-    /// with the index of the request it answers, recovered from an `O<index>` opaque.
+    /// with the index of the request it answers, recovered from an `O<index>` opaque. Error
+    /// lines (`SERVER_ERROR ...`) carry no opaque in memcached 1.6 and come back with index -1.
     /// When this returns, every request in the batch has been processed by the server.
     public func quietBatch(_ requests: [MetaRequest]) throws(MemcacheError) -> [(index: Int, reply: MetaReply)] {
         var out: [UInt8] = []

@@ -1,0 +1,202 @@
+import JournalWire
+import MemcacheProtocol
+import Testing
+@testable import UnderstudyCore
+
+@Suite("memcached codec (no sockets)")
+struct CodecTests {
+    @Test func keyRules() throws {
+        try Key.validate(Array(repeating: UInt8(ascii: "k"), count: 250))
+        #expect(throws: ProtocolError.self) { try Key.validate(Array(repeating: UInt8(ascii: "k"), count: 251)) }
+        #expect(throws: ProtocolError.self) { try Key.validate(Array("a b".utf8)) }
+        #expect(throws: ProtocolError.self) { try Key.validate(Array("a\nb".utf8)) }
+        #expect(throws: ProtocolError.self) { try Key.validate([]) }
+        #expect(try Key.metaToken(Array("plain".utf8)).base64 == false)
+        let bin = try Key.metaToken([0, 1, 2, 0xff, 0x20])
+        #expect(bin.base64)
+        #expect(Base64.decode(bin.token) == [0, 1, 2, 0xff, 0x20])
+        #expect(throws: ProtocolError.self) { try Key.metaToken([UInt8](repeating: 0, count: 188)) }
+    }
+
+    @Test(arguments: [[], [1], [1, 2], [1, 2, 3], [0, 255, 128, 64, 32]] as [[UInt8]])
+    func base64RoundTrip(_ bytes: [UInt8]) {
+        #expect(Base64.decode(Base64.encode(bytes)) == bytes)
+    }
+
+    @Test func base64KnownValues() {
+        #expect(String(decoding: Base64.encode(Array("foobar".utf8)), as: UTF8.self) == "Zm9vYmFy")
+        #expect(String(decoding: Base64.encode(Array("fo".utf8)), as: UTF8.self) == "Zm8=")
+        #expect(Base64.decode(Array("Zm8".utf8)) == nil)
+        #expect(Base64.decode(Array("Z!8=".utf8)) == nil)
+    }
+
+    @Test func metadumpLines() throws {
+        let e = try MetadumpEntry.parse(Array("key=a%20b%2Fc exp=-1 la=1 cas=2 fetch=no cls=1 size=63".utf8))
+        #expect(e.key == Array("a b/c".utf8))
+        #expect(e.expiry == nil)
+        #expect(e.size == 63)
+        let f = try MetadumpEntry.parse(Array("key=k exp=1795308756 la=1 cas=2 fetch=no cls=1 size=63".utf8))
+        #expect(f.expiry == 1_795_308_756)
+        #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("key=%zz exp=1".utf8)) }
+        #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("garbage".utf8)) }
+    }
+
+    @Test func expiryConversion() {
+        let now: Int64 = 1_800_000_000
+        #expect(Expiry.exptime(remaining: -1, now: now) == 0)
+        #expect(Expiry.exptime(remaining: 3600, now: now) == 3600)
+        #expect(Expiry.exptime(remaining: 0, now: now) == 1)
+        #expect(Expiry.exptime(remaining: 40 * 86400, now: now) == now + 40 * 86400)
+        #expect(Expiry.exptime(remaining: 2_592_000, now: now) == 2_592_000)
+    }
+
+    @Test func metaReplyHeaders() {
+        let (va, len) = MetaReply.parseHeader(Array("VA 5 f7 t-1".utf8))
+        #expect(va.status == .va && len == 5 && va.intFlag("f") == 7 && va.intFlag("t") == -1)
+        #expect(MetaReply.parseHeader(Array("EN".utf8)).0.status == .en)
+        #expect(MetaReply.parseHeader(Array("MN".utf8)).0.status == .mn)
+        #expect(MetaReply.parseHeader(Array("SERVER_ERROR object too large for cache".utf8)).0.status == .error(.serverError("object too large for cache")))
+        if case .error(.malformed) = MetaReply.parseHeader(Array("VA x".utf8)).0.status {} else { Issue.record("VA x must be malformed") }
+        if case .error(.malformed) = MetaReply.parseHeader(Array("ZZ".utf8)).0.status {} else { Issue.record("ZZ must be malformed") }
+    }
+
+    @Test func metaRequestEncoding() throws {
+        var out: [UInt8] = []
+        try MetaRequest.set(Array("k".utf8), Array("abc".utf8), ["F5", "T60", "q"]).encode(into: &out)
+        try MetaRequest.get([0xff, 0x00], ["v"]).encode(into: &out)
+        try MetaRequest.noop.encode(into: &out)
+        #expect(String(decoding: out, as: UTF8.self) == "ms k 3 F5 T60 q\r\nabc\r\nmg /wA= v b\r\nmn\r\n")
+    }
+
+    @Test func clientCommandClassification() {
+        let max = 1 << 20
+        func p(_ s: String) -> ClientCommand { ClientCommand.parse(Array(s.utf8), maxItemSize: max) }
+        #expect(p("set k 1 2 3").effect == .write(Array("k".utf8)))
+        #expect(p("set k 1 2 3").dataLength == 3)
+        #expect(p("set k 1 2 3 noreply").quiet)
+        #expect(p("cas k 0 0 1 99").effect == .write(Array("k".utf8)))
+        #expect(p("delete k").effect == .delete(Array("k".utf8)))
+        #expect(p("delete k 5").localReply != nil)
+        #expect(p("incr k 1").effect == .write(Array("k".utf8)))
+        #expect(String(decoding: p("incr k x").localReply ?? [], as: UTF8.self) == "CLIENT_ERROR invalid numeric delta argument\r\n")
+        #expect(p("touch k 10").effect == .touch(Array("k".utf8)))
+        #expect(p("gat 10 a b").effect == .touchHits)
+        #expect(p("get a b").effect == nil)
+        #expect(p("flush_all").effect == .flush(delay: []))
+        #expect(p("flush_all 10").effect == .flush(delay: Array("10".utf8)))
+        #expect(p("ms k 2 T0 q").quiet && p("ms k 2 T0 q").dataLength == 2)
+        #expect(p("ms a2V5 2 b").effect == .write(Array("key".utf8)))
+        #expect(p("mg k T30 v").effect == .metaGet(key: Array("k".utf8), touches: true, vivifies: false))
+        #expect(p("md k q").effect == .delete(Array("k".utf8)))
+        #expect(p("mn").isNoop)
+        #expect(String(decoding: p("bogus").localReply ?? [], as: UTF8.self) == "ERROR\r\n")
+        #expect(String(decoding: p("").localReply ?? [], as: UTF8.self) == "ERROR\r\n")
+        let long = p("set " + String(repeating: "k", count: 251) + " 0 0 1")
+        #expect(String(decoding: long.localReply ?? [], as: UTF8.self) == "CLIENT_ERROR bad command line format\r\n")
+        #expect(long.dataLength == 1, "the data block of a refused set is swallowed")
+        let big = p("set k 0 0 \(max + 1)")
+        #expect(String(decoding: big.localReply ?? [], as: UTF8.self) == "SERVER_ERROR object too large for cache\r\n")
+        #expect(p("set k 0 0 -1").localReply != nil)
+        #expect(p("set k x 0 1").localReply != nil)
+    }
+
+    @Test func binaryHeaderRoundTrip() {
+        let h = BinaryHeader(magic: 0x80, opcode: 0x11, keyLength: 3, extrasLength: 8, status: 0, bodyLength: 16, opaque: 0xdead_beef, cas: 1 << 40)
+        #expect(BinaryHeader(parsing: h.encode()) == h)
+        #expect(BinaryPacket.isQuiet(0x11) && !BinaryPacket.isQuiet(0x01))
+        #expect(BinaryPacket.effect(0x01) == .write && BinaryPacket.effect(0x14) == .delete && BinaryPacket.effect(0x00) == nil)
+    }
+}
+
+@Suite("journal wire format")
+struct JournalWireTests {
+    @Test func sha256AndHMACVectors() {
+        func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+        #expect(hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(hex(SHA256.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        // RFC 4231 test case 2.
+        #expect(hex(HMAC.sha256(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        #expect(HMAC.equal([1, 2], [1, 2]) && !HMAC.equal([1, 2], [1, 3]) && !HMAC.equal([1], [1, 2]))
+    }
+
+    static let samples: [Message] = [
+        .hello(version: 1, nonce: [UInt8](repeating: 7, count: 32), epoch: 9),
+        .auth(kind: .tap, mac: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32)),
+        .authOK(mac: [UInt8](repeating: 3, count: 32)),
+        .refused(reason: "no"),
+        .tapStart(tapID: [1, 2, 3]),
+        .tapWelcome(runID: 5, ackedSeq: 6),
+        .records([TapRecord(seq: 1, op: .write, key: Array("a".utf8)), TapRecord(seq: 2, op: .flush, key: [])]),
+        .tapAck(seq: 3), .tapApplied(seq: 4), .tapGap(fromSeq: 10, lost: 5), .syncState(followerInSync: true),
+        .follow(runID: 1, applied: 2, epoch: 3), .resume(runID: 1, from: 3), .fullSync(runID: 1, from: 1),
+        .stream([StreamRecord(offset: 9, stampNanos: -1, op: .gap, key: [])]),
+        .followerAck(applied: 8), .ping(endOffset: 1, stampNanos: 2),
+    ]
+
+    @Test(arguments: samples)
+    func roundTrip(_ m: Message) throws {
+        let frame = m.frame()
+        let len = frame.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+        #expect(len == frame.count - 4)
+        #expect(try Message.decode(Array(frame.dropFirst(4))) == m)
+    }
+
+    @Test func malformedFramesAreTypedErrors() {
+        #expect(throws: JournalError.self) { try Message.decode([0x99]) }
+        #expect(throws: JournalError.self) { try Message.decode([0x13, 0, 0]) }
+        #expect(throws: JournalError.self) { try Message.decode(Message.tapAck(seq: 1).frame().dropFirst(4) + [0]) }
+        var badOp = Array(Message.records([TapRecord(seq: 1, op: .write, key: [1])]).frame().dropFirst(4))
+        badOp[13] = 0x77
+        #expect(throws: JournalError.self) { try Message.decode(badOp) }
+        var hello = Array(Message.hello(version: 1, nonce: [UInt8](repeating: 0, count: 32), epoch: 0).frame().dropFirst(4))
+        hello[4] = 2
+        #expect(throws: JournalError.unsupportedVersion(2)) { try Message.decode(hello) }
+    }
+
+    @Test func backlogBoundsAndCoverage() {
+        var b = Backlog(limitBytes: 10 * (Backlog.overheadPerRecord + 1))
+        for i in 0..<25 { b.append(.write, key: [UInt8(i)], stamp: 0) }
+        #expect(b.count == 10)
+        #expect(b.firstOffset == 16 && b.lastOffset == 25)
+        #expect(b.covers(16) && b.covers(26) && !b.covers(15))
+        #expect(b.read(from: 15, max: 5) == nil)
+        #expect(b.read(from: 24, max: 5)?.map(\.offset) == [24, 25])
+        #expect(b.read(from: 26, max: 5) == [])
+    }
+}
+
+@Suite("configuration")
+struct ConfigTests {
+    @Test func flagsAndFileUseTheSameKeys() throws {
+        let pairs = try Config.parseFile("# comment\nmemcached = 127.0.0.1:1\npeer 127.0.0.1:2\n\nrole=active # trailing\n", path: "t")
+        #expect(pairs.map(\.0) == ["memcached", "peer", "role"])
+        var c = Config()
+        for (k, v) in pairs { try c.set(k, v) }
+        #expect(c.memcached.port == 1 && c.peer?.port == 2 && c.role == .active)
+        let f = try Config.parse(["--memcached", "127.0.0.1:5", "--backlog-size=2M", "--role", "passive"])
+        #expect(f.memcached.port == 5 && f.backlogSize == 2 << 20 && f.role == .passive)
+    }
+
+    @Test func badSettingsAreClearErrors() {
+        #expect(throws: Config.Error.self) { try Config.parse(["--nope", "1"]) }
+        #expect(throws: Config.Error.self) { try Config.parse(["--role", "leader"]) }
+        #expect(throws: Config.Error.self) { try Config.parse(["--memcached", "nohost"]) }
+        #expect(throws: Config.Error.self) { try Config.parse(["--peer"]) }
+        #expect(throws: Config.Error.self) { try Config.parseFile("just-a-key\n", path: "t") }
+    }
+
+    @Test func protectedModeRefusesExposedPortsWithoutSecret() throws {
+        var c = Config()
+        c.role = .active
+        try c.set("listen", "0.0.0.0:11311")
+        #expect(throws: Config.Error.self) { try c.validate() }
+        try c.set("listen", "10.255.255.1:11311")
+        #expect(throws: Config.Error.self) { try c.validate() }
+        try c.set("secret-file", "/dev/null")
+        try c.validate()
+        try c.set("listen", "127.0.0.1:11311")
+        c.secretFile = nil
+        try c.validate()
+    }
+}

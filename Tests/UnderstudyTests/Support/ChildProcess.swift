@@ -1,0 +1,92 @@
+import Foundation
+import Glibc
+import UnderstudyPosix
+
+/// A process a test starts and must stop, by pid. Output goes to a log file that tests show
+/// when something fails. A watchdog kills it if a test forgets or hangs.
+final class ChildProcess: @unchecked Sendable {
+    let process = Process()
+    let logPath: String
+    let name: String
+
+    init(_ executable: String, _ args: [String], name: String, logDir: String) throws {
+        self.name = name
+        logPath = "\(logDir)/\(name).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = args
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        let pid = process.processIdentifier
+        // No test runs anywhere near this long; a leaked child must not outlive the run.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 900) { kill(pid, SIGKILL) }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Waits until the log contains `text`, or throws after `timeout` seconds.
+    func waitForLog(_ text: String, timeout: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if log.contains(text) { return }
+            if !process.isRunning { throw TestFailure("\(name) exited (\(process.terminationStatus)) before logging '\(text)':\n\(log)") }
+            usleep(20_000)
+        }
+        throw TestFailure("\(name) did not log '\(text)' within \(timeout) s:\n\(log)")
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace` seconds.
+    func stop(grace: Double = 10) {
+        guard process.isRunning else { return }
+        let pid = self.pid
+        kill(pid, SIGTERM)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            if done.wait(timeout: .now() + grace) == .timedOut { kill(pid, SIGKILL) }
+        }
+        process.waitUntilExit()
+        done.signal()
+    }
+
+    func kill9() {
+        guard process.isRunning else { return }
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+enum Paths {
+    /// Where `swift build` put the `understudy` binary (next to the test bundle).
+    static var productsDir: String {
+        Bundle.main.bundleURL.path
+    }
+
+    static var understudy: String { productsDir + "/understudy" }
+
+    static func which(_ tool: String) -> String? {
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+            let p = "\(dir)/\(tool)"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        for p in ["/usr/bin/\(tool)", "/usr/sbin/\(tool)", "/usr/local/bin/\(tool)"] where FileManager.default.isExecutableFile(atPath: p) {
+            return p
+        }
+        return nil
+    }
+
+    static func tempDir(_ label: String) -> String {
+        let dir = NSTemporaryDirectory() + "understudy-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}

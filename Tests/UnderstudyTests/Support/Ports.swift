@@ -1,0 +1,28 @@
+import Glibc
+import Synchronization
+
+/// Loopback ports for tests: above 20000, spread by pid so parallel runs on one machine do
+/// not collide, and checked free by binding before use.
+enum Ports {
+    private static let next = Atomic<Int>(20000 + Int(getpid() % 2000) * 20)
+
+    static func free() -> UInt16 {
+        for _ in 0..<2000 {
+            var p = next.add(1, ordering: .relaxed).newValue
+            if p > 64000 { p = 20000 + p % 40000 }
+            if isFree(UInt16(p)) { return UInt16(p) }
+        }
+        fatalError("no free loopback port found")
+    }
+
+    static func isFree(_ port: UInt16) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let rc = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        return rc == 0
+    }
+}
