@@ -18,7 +18,7 @@ final class BinarySession {
 
     init(proxy: TapProxy, client: ByteStream) {
         self.client = client
-        self.upstream = SessionUpstream(proxy: proxy)
+        self.upstream = SessionUpstream(proxy: proxy, dialect: .binary)
         // Key, extras and value; memcached refuses values over item_size_max itself.
         self.maxBody = proxy.itemSizeMax + 512
     }

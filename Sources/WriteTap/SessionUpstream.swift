@@ -6,19 +6,23 @@ import UnderstudyPosix
 /// and the journal emitter with the sync-mode wait.
 final class SessionUpstream {
     let proxy: TapProxy
+    let dialect: UpstreamPool.Dialect
     private(set) var stream: ByteStream?
 
-    init(proxy: TapProxy) { self.proxy = proxy }
+    init(proxy: TapProxy, dialect: UpstreamPool.Dialect) {
+        self.proxy = proxy
+        self.dialect = dialect
+    }
 
     deinit {
-        if let stream { proxy.pool.release(stream) }
+        if let stream { proxy.pool.release(stream, dialect) }
     }
 
     /// The connection, or the reason memcached cannot be reached (for `SERVER_ERROR`).
     func connection() -> Result<ByteStream, SessionFailure> {
         if let stream { return .success(stream) }
         do {
-            let s = try proxy.pool.acquire()
+            let s = try proxy.pool.acquire(dialect)
             stream = s
             return .success(s)
         } catch {

@@ -18,7 +18,7 @@ final class TextSession {
 
     init(proxy: TapProxy, client: ByteStream) {
         self.client = client
-        self.upstream = SessionUpstream(proxy: proxy)
+        self.upstream = SessionUpstream(proxy: proxy, dialect: .text)
         self.maxItemSize = proxy.itemSizeMax
     }
 
@@ -116,13 +116,17 @@ final class TextSession {
                 hits.append(h.key)
             }
         case .meta:
+            if cmd.isNoop {
+                // The client's own fence: everything up to MN answers its quiet requests.
+                try relayUntilMN(up)
+                flushUnfenced()
+                client.write("MN\r\n")
+                return
+            }
             let l = try up.readLine()
             let (reply, len) = MetaReply.parseHeader(l)
             var body: [UInt8] = []
             if let len { try up.readExact(len + 2, appendingTo: &body) }
-            if cmd.isNoop {
-                flushUnfenced()
-            }
             finish(l, cmd, success: metaSuccess(cmd.effect, reply.status), extra: [], body: body)
         case .untilEnd, .untilEndLF:
             while true {
@@ -185,18 +189,23 @@ final class TextSession {
         up.write("mn\r\n")
         do {
             try up.flush()
-            while true {
-                let l = try up.readLine()
-                let (reply, len) = MetaReply.parseHeader(l)
-                if reply.status == .mn { break }
-                client.write(l)
-                client.write("\r\n")
-                if let len { try up.readExact(len + 2, appendingTo: &client.output) }
-            }
+            try relayUntilMN(up)
         } catch {
             upstream.drop()
         }
         flushUnfenced()
+    }
+
+    /// Relays replies (lines, or `VA` with data) to the client until `MN`, which is consumed.
+    func relayUntilMN(_ up: ByteStream) throws(StreamError) {
+        while true {
+            let l = try up.readLine()
+            let (reply, len) = MetaReply.parseHeader(l)
+            if reply.status == .mn { return }
+            client.write(l)
+            client.write("\r\n")
+            if let len { try up.readExact(len + 2, appendingTo: &client.output) }
+        }
     }
 
     func flushUnfenced() {

@@ -1,0 +1,118 @@
+import Foundation
+import JournalWire
+import UnderstudyPosix
+import WriteTap
+@testable import UnderstudyCore
+
+/// memcached, an in-process keeper (a real `Node` in the active role) and a tap proxy in
+/// front of memcached journaling to it. Tests read what the keeper journaled.
+final class TapHarness: @unchecked Sendable {
+    let memcached: MemcachedServer
+    let dir: String
+    var node: Node
+    let proxy: TapProxy
+    let emitter: TapEmitter
+    let journalPort: UInt16
+
+    init(mode: TapEmitter.Mode = .async, capacity: Int = 1 << 20, syncTimeoutMs: Int = 1000) throws {
+        memcached = try MemcachedServer()
+        dir = Paths.tempDir("tap")
+        journalPort = Ports.free()
+        node = try Self.keeper(dir: dir, port: journalPort, memcached: memcached.address)
+        emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
+        proxy = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: 0), memcached: memcached.endpoint), emitter: emitter)
+        proxy.start()
+        _ = waitUntil(5) { self.emitter.isConnected }
+    }
+
+    static func keeper(dir: String, port: UInt16, memcached: String, suffix: String = "") throws -> Node {
+        var c = Config()
+        c.role = .active
+        try c.set("memcached", memcached)
+        try c.set("listen", "127.0.0.1:\(port)")
+        c.control = dir + "/control\(suffix).sock"
+        c.stateDir = dir + "/state\(suffix)"
+        let n = try Node(c)
+        n.start()
+        return n
+    }
+
+    var address: String { "127.0.0.1:\(proxy.port)" }
+    var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: proxy.port) }
+
+    var keeper: Keeper? { node.state.withLock { $0.keeper } }
+
+    /// (op, key) of every journaled record, in journal order.
+    func records() -> [(RecordOp, String)] {
+        keeper?.state.withLock { s in s.backlog.records.map { ($0.op, String(decoding: $0.key, as: UTF8.self)) } } ?? []
+    }
+
+    func waitForRecords(_ n: Int, timeout: Double = 10) -> [(RecordOp, String)] {
+        _ = waitUntil(timeout) { self.records().count >= n }
+        return records()
+    }
+
+    func stop() {
+        proxy.stop()
+        node.stop()
+        memcached.stop()
+    }
+
+    deinit { stop() }
+}
+
+/// Polls `cond` every 10 ms until it holds or `seconds` pass. Bounded by design.
+@discardableResult
+func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if cond() { return true }
+        usleep(10_000)
+    }
+    return cond()
+}
+
+/// Runs an external client program and returns its stdout; throws with its output on failure.
+@discardableResult
+func runTool(_ exe: String, _ args: [String], stdin: String? = nil, timeout: Double = 60) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: exe)
+    p.arguments = args
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    let inPipe = Pipe()
+    if stdin != nil { p.standardInput = inPipe }
+    try p.run()
+    if let stdin {
+        inPipe.fileHandleForWriting.write(Data(stdin.utf8))
+        try inPipe.fileHandleForWriting.close()
+    }
+    let pid = p.processIdentifier
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { kill(pid, SIGKILL) }
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let text = String(decoding: o, as: UTF8.self)
+    guard p.terminationStatus == 0 else {
+        throw TestFailure("\(exe) \(args.joined(separator: " ")) exited \(p.terminationStatus):\n\(text)\n\(String(decoding: e, as: UTF8.self))")
+    }
+    return text
+}
+
+/// A raw text-protocol conversation: send bytes, read until `terminator` appears.
+func converse(_ endpoint: Endpoint, _ request: [UInt8], until terminator: String, timeoutMs: Int = 5000) throws -> String {
+    let s = try Socket.connect(to: endpoint, timeoutMs: 2000)
+    defer { s.close() }
+    try s.setIOTimeout(milliseconds: timeoutMs)
+    try s.write(request)
+    var got: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while !String(decoding: got, as: UTF8.self).hasSuffix(terminator) {
+        let n = try buf.withUnsafeMutableBytes { try s.read(into: $0) }
+        if n == 0 { break }
+        got += buf[0..<n]
+    }
+    return String(decoding: got, as: UTF8.self)
+}
