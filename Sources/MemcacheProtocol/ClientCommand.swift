@@ -133,7 +133,9 @@ public struct ClientCommand: Sendable, Equatable {
         }
         guard len >= 0, len <= Int64(Int32.max) - 2 else { return local(badFormat) }
         let key = Array(args[0])
-        guard Key.isPlain(key) else { return local(badFormat, swallow: Int(len)) }
+        // memcached does not swallow the data block after a bad key (the data line then gets
+        // its own ERROR); the tap answers byte for byte the same.
+        guard Key.isPlain(key) else { return local(badFormat) }
         if len > Int64(maxItemSize) { return local("SERVER_ERROR object too large for cache", swallow: Int(len)) }
         return ClientCommand(reply: .line, quiet: isNoreply(args), dataLength: Int(len), effect: .write(key))
     }

@@ -1,0 +1,142 @@
+import Foundation
+import JournalWire
+import MemcacheClient
+import Testing
+import UnderstudyPosix
+import WriteTap
+@testable import UnderstudyCore
+
+@Suite("tap proxy under bad input and failures", .serialized)
+struct TapRobustnessTests {
+    /// The same bytes sent to memcached directly and through the tap must get the same answer,
+    /// and the connection must keep working afterwards (checked by the trailing `mn`).
+    static let inputs: [String] = [
+        "bogus command\r\n",
+        "\r\n",
+        "set k 0 0 5\r\nabcdefg\r\n",
+        "set " + String(repeating: "k", count: 251) + " 0 0 1\r\nx\r\n",
+        "set k 0 0 -1\r\n",
+        "set k notanumber 0 1\r\nx\r\n",
+        "get " + String(repeating: "k", count: 251) + "\r\n",
+        "incr k x\r\n",
+        "incr\r\n",
+        "delete k 5\r\n",
+        "mg " + String(repeating: "k", count: 251) + " v\r\n",
+        "ms k S2\r\nab\r\n",
+        "set k 0 0 2000000\r\n" + String(repeating: "z", count: 2_000_000) + "\r\n",
+        "ms k 2000000 T0\r\n" + String(repeating: "z", count: 2_000_000) + "\r\n",
+        String(repeating: "x", count: 9000) + "\r\n",
+        "get a b c\r\n",
+        "touch k\r\n",
+    ]
+
+    @Test(arguments: inputs)
+    func sameAnswerAsMemcached(_ input: String) throws {
+        let h = try TapHarness()
+        let req = Array(input.utf8) + Array("mn\r\n".utf8)
+        let direct = try converse(h.memcached.endpoint, req, until: "MN\r\n")
+        let tapped = try converse(h.endpoint, req, until: "MN\r\n")
+        #expect(tapped == direct, "input \(input.prefix(60).debugDescription)")
+        #expect(h.proxy.stats.activeSessions <= 1)
+    }
+
+    @Test func garbageAndTruncationNeverKillTheProxy() throws {
+        let h = try TapHarness()
+        var g = SystemRandomNumberGenerator()
+        for i in 0..<200 {
+            let s = try Socket.connect(to: h.endpoint, timeoutMs: 1000)
+            var junk = (0..<Int.random(in: 1...2000, using: &g)).map { _ in UInt8.random(in: 0...255, using: &g) }
+            if i % 3 == 0 { junk = Array("set k 0 0 100\r\nshort".utf8) }
+            if i % 5 == 0 { junk[0] = 0x80 }  // binary magic, then garbage
+            try? s.write(junk)
+            s.close()
+        }
+        let c = try MemcacheConnection(h.endpoint)
+        #expect(try c.set(Array("alive".utf8), [1]) == .stored)
+        #expect(try c.get(Array("alive".utf8))?.value == [1])
+    }
+
+    @Test func deadMemcachedGivesServerErrorAndTheTapRecovers() throws {
+        let h = try TapHarness()
+        let c = try MemcacheConnection(h.endpoint)
+        #expect(try c.set(Array("k".utf8), [1]) == .stored)
+        h.memcached.kill9()
+        let err = #expect(throws: MemcacheError.self) { try c.set(Array("k".utf8), [2]) }
+        if case .protocolError(.serverError(let why))? = err {
+            #expect(why.contains("memcached"), "reason given: \(why)")
+        } else {
+            Issue.record("want SERVER_ERROR with a reason, got \(String(describing: err))")
+        }
+        let c2 = try MemcacheConnection(h.endpoint)
+        #expect(throws: MemcacheError.self) { try c2.get(Array("k".utf8)) }
+        let back = try MemcachedServer(port: h.memcached.port)
+        defer { back.stop() }
+        #expect(try c.set(Array("k".utf8), [3]) == .stored)
+        #expect(try c2.get(Array("k".utf8))?.value == [3])
+    }
+}
+
+@Suite("tap journal sender", .serialized)
+struct TapEmitterTests {
+    @Test func killingTheReceiverMidLoadLosesNothing() throws {
+        let dir = Paths.tempDir("emit")
+        let port = Ports.free()
+        var keeper: Node? = try TapHarness.keeper(dir: dir, port: port, memcached: "127.0.0.1:1")
+        let emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: port), capacity: 100_000))
+        defer { emitter.stop() }
+        var first = Set<String>()
+        for i in 0..<30_000 {
+            emitter.emit(.write, key: Array("k\(i)".utf8))
+            if i == 10_000 {
+                first = Self.journaledKeys(keeper)
+                keeper?.stop()
+                first = first.union(Self.journaledKeys(keeper))
+                keeper = nil
+            }
+            if i == 20_000 { keeper = try TapHarness.keeper(dir: dir, port: port, memcached: "127.0.0.1:1", suffix: "2") }
+        }
+        #expect(emitter.drain(timeoutMs: 10_000))
+        let all = first.union(Self.journaledKeys(keeper))
+        #expect(all.count == 30_000, "lost \(30_000 - all.count) records")
+        #expect(emitter.counters.gaps == 0)
+        keeper?.stop()
+    }
+
+    static func journaledKeys(_ n: Node?) -> Set<String> {
+        guard let k = n?.state.withLock({ $0.keeper }) else { return [] }
+        return k.state.withLock { Set($0.backlog.records.map { String(decoding: $0.key, as: UTF8.self) }) }
+    }
+
+    @Test func overflowReportsAGapThatReachesTheJournal() throws {
+        let dir = Paths.tempDir("overflow")
+        let port = Ports.free()
+        let emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: port), capacity: 100))
+        defer { emitter.stop() }
+        for i in 0..<250 { emitter.emit(.write, key: Array("o\(i)".utf8)) }
+        let c = emitter.counters
+        #expect(c.gaps == 1)
+        #expect(c.overflowed == 202)  // two overflows: 101 records each, both inside one gap
+        let keeper = try TapHarness.keeper(dir: dir, port: port, memcached: "127.0.0.1:1")
+        defer { keeper.stop() }
+        #expect(emitter.drain(timeoutMs: 10_000))
+        let recs = keeper.state.withLock { $0.keeper }!.state.withLock { $0.backlog.records }
+        #expect(recs.first?.op == .gap, "the gap must come before the records after it")
+        #expect(recs.count == 1 + 48)
+        #expect(keeper.state.withLock { $0.keeper }!.state.withLock { $0.counters.gaps } == 1)
+    }
+
+    @Test func syncModeWithoutFollowerDegradesOrRefuses() throws {
+        let sync = try TapHarness(mode: .sync, syncTimeoutMs: 500)
+        let c = try MemcacheConnection(sync.endpoint)
+        #expect(try c.set(Array("s".utf8), [1]) == .stored)
+        #expect(sync.emitter.counters.syncDegraded == 1)
+
+        let strict = try TapHarness(mode: .strict, syncTimeoutMs: 500)
+        let c2 = try MemcacheConnection(strict.endpoint)
+        #expect(throws: MemcacheError.self) { try c2.set(Array("s".utf8), [1]) }
+        #expect(strict.emitter.counters.syncFailed == 1)
+        // The write still stands on the active, and was journaled.
+        #expect(try strict.memcached.connect().get(Array("s".utf8))?.value == [1])
+        #expect(strict.records().count == 1)
+    }
+}
