@@ -30,96 +30,72 @@ struct FullSync {
 
     func run(reason: String, progress: (FullSyncProgress) -> Void, shouldStop: () -> Bool) throws(Failure) -> FullSyncReport {
         let started = Clock.monoNanos()
+        let copier: KeyCopier
         do {
-            let dumpConn = try MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs)
-            defer { dumpConn.close() }
-            let copier = KeyCopier(active: try MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs),
-                                   local: try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs))
-            defer { copier.active.close(); copier.local.close() }
-            let expected = (try? dumpConn.stats())?["curr_items"].flatMap { Double($0) }
+            copier = KeyCopier(active: try MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs),
+                               local: try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs))
+        } catch {
+            throw .memcached(error)
+        }
+        defer { copier.active.close(); copier.local.close() }
+        let expected = (try? copier.active.stats())?["curr_items"].flatMap { Double($0) }
 
-            var seen = Set<UInt64>()
-            var copied: UInt64 = 0
-            var deleted: UInt64 = 0
-            var errors = 0
-            var batch: [[UInt8]] = []
-            var inFlight: [[UInt8]]?
-            batch.reserveCapacity(batchSize)
-            var lastReport = started
+        var seen = Set<UInt64>()
+        var copied: UInt64 = 0
+        var deleted: UInt64 = 0
+        var errors = 0
+        var lastReport = started
 
-            func report(_ phase: String, force: Bool = false) {
-                let now = Clock.monoNanos()
-                guard force || now - lastReport > 1_000_000_000 else { return }
-                lastReport = now
-                let secs = Double(now - started) / 1e9
-                let rate = secs > 0 ? Double(copied + deleted) / secs : 0
-                let eta = expected.flatMap { e in rate > 0 ? max(0, (e - Double(copied)) / rate) : nil }
-                progress(FullSyncProgress(keys: copied, keysPerSecond: rate, etaSeconds: phase == "copy" ? eta : nil, phase: phase))
-            }
+        func report(_ phase: String, force: Bool = false) {
+            let now = Clock.monoNanos()
+            guard force || now - lastReport > 1_000_000_000 else { return }
+            lastReport = now
+            let secs = Double(now - started) / 1e9
+            let rate = secs > 0 ? Double(copied + deleted) / secs : 0
+            let eta = expected.flatMap { e in rate > 0 ? max(0, (e - Double(copied)) / rate) : nil }
+            progress(FullSyncProgress(keys: copied, keysPerSecond: rate, etaSeconds: phase == "copy" ? eta : nil, phase: phase))
+        }
 
-            // Overlap: the active works on batch i+1 while we parse batch i's replies.
-            func ship() throws(MemcacheError) {
+        func tally(_ o: KeyCopier.Outcome) {
+            copied += UInt64(o.copied)
+            deleted += UInt64(o.deleted)
+            errors += o.errors
+        }
+
+        // Copy what the active has. The active works on batch i+1 while we parse batch i.
+        let activeFeed = MetadumpFeed(active, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs)
+        defer { activeFeed.stop() }
+        var inFlight: [[UInt8]]?
+        do {
+            while let batch = try activeFeed.next() {
+                if shouldStop() { throw Failure.stopped }
+                for k in batch { seen.insert(Self.hash(k)) }
                 try copier.sendFetch(batch)
-                if let prev = inFlight {
-                    let o = try copier.storeFetched(prev)
-                    copied += UInt64(o.copied); deleted += UInt64(o.deleted); errors += o.errors
-                }
+                if let prev = inFlight { tally(try copier.storeFetched(prev)) }
                 inFlight = batch
-                batch.removeAll(keepingCapacity: true)
                 report("copy")
             }
-
-            try walk(dumpConn, shouldStop: shouldStop) { (e) throws(MemcacheError) in
-                seen.insert(Self.hash(e.key))
-                batch.append(e.key)
-                if batch.count >= batchSize { try ship() }
-            }
-            if !batch.isEmpty { try ship() }
-            if let prev = inFlight {
-                let o = try copier.storeFetched(prev)
-                copied += UInt64(o.copied); deleted += UInt64(o.deleted); errors += o.errors
-            }
+            if let prev = inFlight { tally(try copier.storeFetched(prev)) }
             errors += try copier.awaitStored() + copier.deferredErrors
             report("delete-stale", force: true)
 
             // Delete local keys the active does not have.
-            let localDump = try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs)
-            defer { localDump.close() }
-            var stale: [[UInt8]] = []
-            try walk(localDump, shouldStop: shouldStop) { (e) throws(MemcacheError) in
-                if !seen.contains(Self.hash(e.key)) { stale.append(e.key) }
+            let localFeed = MetadumpFeed(local, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs)
+            defer { localFeed.stop() }
+            while let batch = try localFeed.next() {
+                let stale = batch.filter { !seen.contains(Self.hash($0)) }
+                if stale.isEmpty { continue }
+                errors += try copier.deleteLocal(stale)
+                deleted += UInt64(stale.count)
             }
-            var start = 0
-            while start < stale.count {
-                let chunk = Array(stale[start..<min(stale.count, start + batchSize)])
-                errors += try copier.deleteLocal(chunk)
-                deleted += UInt64(chunk.count)
-                start += batchSize
-            }
-            let ms = Int64((Clock.monoNanos() - started) / 1_000_000)
-            if errors > 0 { Log.warning("follower", "full sync finished with \(errors) keys that could not be copied") }
-            return FullSyncReport(finishedAt: Clock.unixSeconds(), durationMs: ms, keys: copied, deleted: deleted, reason: reason)
         } catch let e as Failure {
             throw e
         } catch {
             throw .memcached(error as! MemcacheError)
         }
-    }
-
-    /// Runs a metadump, retrying with backoff while another crawler holds the lock (`BUSY`).
-    func walk(_ conn: MemcacheConnection, shouldStop: () -> Bool,
-              _ each: (MetadumpEntry) throws(MemcacheError) -> Void) throws(Failure) {
-        var delayMs = 100
-        for attempt in 1...60 {
-            if shouldStop() { throw .stopped }
-            let outcome: MemcacheConnection.DumpOutcome
-            do { outcome = try conn.metadump(each) } catch { throw .memcached(error) }
-            if case .complete = outcome { return }
-            Log.info("follower", "lru_crawler on \(conn.endpoint) is busy (attempt \(attempt)); retrying in \(delayMs) ms")
-            Clock.sleep(milliseconds: delayMs)
-            delayMs = min(delayMs * 2, 2000)
-        }
-        throw .busy("lru_crawler on \(conn.endpoint) stayed busy for 60 attempts")
+        let ms = Int64((Clock.monoNanos() - started) / 1_000_000)
+        if errors > 0 { Log.warning("follower", "full sync finished with \(errors) keys that could not be copied") }
+        return FullSyncReport(finishedAt: Clock.unixSeconds(), durationMs: ms, keys: copied, deleted: deleted, reason: reason)
     }
 
     /// 64-bit FNV-1a. The set of the active's keys is kept as hashes (8 bytes a key instead of

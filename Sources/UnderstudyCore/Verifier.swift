@@ -34,10 +34,9 @@ public struct Verifier {
 
     public func run(showing limit: Int = 20) throws(MemcacheError) -> Report {
         var report = Report()
-        let dumpA = try MemcacheConnection(active, ioTimeoutMs: 10_000)
         let a = try MemcacheConnection(active, ioTimeoutMs: 10_000)
         let p = try MemcacheConnection(passive, ioTimeoutMs: 10_000)
-        defer { dumpA.close(); a.close(); p.close() }
+        defer { a.close(); p.close() }
         var seen = Set<UInt64>()
         var batch: [[UInt8]] = []
 
@@ -74,24 +73,23 @@ public struct Verifier {
             batch.removeAll(keepingCapacity: true)
         }
 
-        let fs = FullSync(active: active, local: passive)
         do {
-            try fs.walk(dumpA, shouldStop: { false }) { (e) throws(MemcacheError) in
-                seen.insert(FullSync.hash(e.key))
-                batch.append(e.key)
-                if batch.count >= batchSize { try compare() }
+            let feed = MetadumpFeed(active, batchSize: batchSize)
+            defer { feed.stop() }
+            while let keys = try feed.next() {
+                for k in keys { seen.insert(FullSync.hash(k)) }
+                batch = keys
+                try compare()
             }
-            if !batch.isEmpty { try compare() }
             // Keys only the passive has.
-            var extras: [[UInt8]] = []
-            try fs.walk(p, shouldStop: { false }) { (e) throws(MemcacheError) in
-                if !seen.contains(FullSync.hash(e.key)) { extras.append(e.key) }
-            }
-            for chunk in stride(from: 0, to: extras.count, by: batchSize) {
-                let keys = Array(extras[chunk..<min(extras.count, chunk + batchSize)])
-                let rp = try p.pipeline(keys.map { MetaRequest.get($0, []) })
-                let ra = try a.pipeline(keys.map { MetaRequest.get($0, []) })
-                for (i, k) in keys.enumerated() where rp[i].isHit && !ra[i].isHit {
+            let passiveFeed = MetadumpFeed(passive, batchSize: batchSize)
+            defer { passiveFeed.stop() }
+            while let keys = try passiveFeed.next() {
+                let extras = keys.filter { !seen.contains(FullSync.hash($0)) }
+                if extras.isEmpty { continue }
+                let rp = try p.pipeline(extras.map { MetaRequest.get($0, []) })
+                let ra = try a.pipeline(extras.map { MetaRequest.get($0, []) })
+                for (i, k) in extras.enumerated() where rp[i].isHit && !ra[i].isHit {
                     report.extra += 1
                     note(k, "only on passive")
                 }

@@ -36,11 +36,12 @@ struct TapProxyTests {
             c.flush_all()
             print("done", c.get("a"))
             """
-        let out = try runTool(try #require(Paths.which("python3")), ["-c", script])
+        let python = try Paths.pythonWithPymemcache()
+        let out = try runTool(python, ["-c", script])
         #expect(out.contains("done None"))
         var want: [(RecordOp, String)] = [(.write, "a"), (.write, "b"), (.write, "a"), (.write, "a"), (.write, "a"), (.write, "a"),
                                           (.write, "n"), (.write, "n"), (.write, "n"), (.touch, "n"), (.delete, "b"), (.write, "q")]
-        let hasGat = out.contains("done") && (try? runTool(Paths.which("python3")!, ["-c", "from pymemcache.client.base import Client; print(hasattr(Client, 'gat'))"]))?.contains("True") == true
+        let hasGat = out.contains("done") && (try? runTool(python, ["-c", "from pymemcache.client.base import Client; print(hasattr(Client, 'gat'))"]))?.contains("True") == true
         if hasGat { want.append((.touch, "a")) }
         want.append((.flush, "0"))
         let got = h.waitForRecords(want.count)

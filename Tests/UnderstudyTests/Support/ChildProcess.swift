@@ -84,6 +84,14 @@ enum Paths {
         return nil
     }
 
+    /// A python3 that can import pymemcache (PATH's first, else Debian's).
+    static func pythonWithPymemcache() throws -> String {
+        for candidate in [which("python3"), "/usr/bin/python3"].compactMap({ $0 }) {
+            if (try? runTool(candidate, ["-c", "import pymemcache"])) != nil { return candidate }
+        }
+        throw TestFailure("no python3 with pymemcache (apt-get install python3-pymemcache)")
+    }
+
     static func tempDir(_ label: String) -> String {
         let dir = NSTemporaryDirectory() + "understudy-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -1,0 +1,91 @@
+import MemcacheClient
+import MemcacheProtocol
+import UnderstudyPosix
+
+/// Reads `lru_crawler metadump hash` on its own connection and thread, handing out batches
+/// of keys.
+///
+/// The dump must be drained as fast as memcached writes it: a crawler blocked on a full
+/// socket holds item locks, and an `mg` for a key under them then waits for the crawler —
+/// which waits for us. Reading the dump on a separate thread, buffering ahead of the copy,
+/// breaks that cycle (the Python reference avoids it by reading the whole dump first).
+final class MetadumpFeed: Sendable {
+    struct State {
+        var batches: [[[UInt8]]] = []
+        var done = false
+        var failure: FullSync.Failure?
+        var entries = 0
+    }
+
+    let endpoint: Endpoint
+    let state = Monitor(State())
+    let stopFlag = Monitor(false)
+
+    init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000) {
+        self.endpoint = endpoint
+        Threads.start("metadump") { [self] in read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs) }
+    }
+
+    func stop() { stopFlag.update { $0 = true } }
+
+    /// The next batch of keys, nil when the dump is complete. Throws what the reader hit.
+    func next() throws(FullSync.Failure) -> [[UInt8]]? {
+        let (batch, failure) = state.wait(until: { !$0.batches.isEmpty || $0.done }, timeoutMs: nil) { s, _ -> ([[UInt8]]?, FullSync.Failure?) in
+            if !s.batches.isEmpty { return (s.batches.removeFirst(), nil) }
+            return (nil, s.failure)
+        }
+        if let failure { throw failure }
+        return batch
+    }
+
+    private func read(batchSize: Int, ioTimeoutMs: Int) {
+        var failure: FullSync.Failure?
+        do throws(FullSync.Failure) {
+            let conn: MemcacheConnection
+            do { conn = try MemcacheConnection(endpoint, ioTimeoutMs: ioTimeoutMs) } catch { throw .memcached(error) }
+            defer { conn.close() }
+            var batch: [[UInt8]] = []
+            batch.reserveCapacity(batchSize)
+            try Self.walk(conn, shouldStop: { stopFlag.withLock { $0 } }) { (e) throws(MemcacheError) in
+                batch.append(e.key)
+                if batch.count >= batchSize {
+                    let full = batch
+                    state.update { s in
+                        s.batches.append(full)
+                        s.entries += full.count
+                    }
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            if !batch.isEmpty {
+                let rest = batch
+                state.update { s in
+                    s.batches.append(rest)
+                    s.entries += rest.count
+                }
+            }
+        } catch {
+            failure = error
+        }
+        state.update { s in
+            s.done = true
+            s.failure = failure
+        }
+    }
+
+    /// Runs a metadump, retrying with backoff while another crawler holds it (`BUSY`).
+    static func walk(_ conn: MemcacheConnection, shouldStop: () -> Bool,
+                     _ each: (MetadumpEntry) throws(MemcacheError) -> Void) throws(FullSync.Failure) {
+        var delayMs = 100
+        for attempt in 1...60 {
+            if shouldStop() { throw .stopped }
+            let outcome: MemcacheConnection.DumpOutcome
+            do { outcome = try conn.metadump(each) } catch { throw .memcached(error) }
+            if case .complete = outcome { return }
+            Log.info("metadump", "lru_crawler on \(conn.endpoint) is busy (attempt \(attempt)); retrying in \(delayMs) ms")
+            Clock.sleep(milliseconds: delayMs)
+            delayMs = min(delayMs * 2, 2000)
+        }
+        throw .busy("lru_crawler on \(conn.endpoint) stayed busy for 60 attempts")
+    }
+}

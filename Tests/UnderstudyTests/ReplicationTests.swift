@@ -1,0 +1,152 @@
+import Foundation
+import MemcacheClient
+import MemcacheProtocol
+import Testing
+import UnderstudyCore
+import UnderstudyPosix
+
+@Suite("replication end to end (processes of the built binary)", .serialized)
+struct ReplicationTests {
+    @Test func hundredThousandMixedKeysVerifyClean() throws {
+        let h = try PairHarness()
+        let now = Clock.unixSeconds()
+        var g = SystemRandomNumberGenerator()
+        let sizes: [Int] = (0..<100_000).map { i in
+            if i % 1000 == 7 { return Int.random(in: 100_000...(512 << 10), using: &g) }
+            if i % 20 == 3 { return Int.random(in: 1024...16384, using: &g) }
+            return Int.random(in: 10...200, using: &g)
+        }
+        try h.write(0..<100_000, prefix: "mix", value: { i in [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: sizes[i]) },
+                    flags: { "F\(($0 &* 2654435761) % 4_294_967_296)" },
+                    ttl: { i in i % 3 == 0 ? "T0" : i % 3 == 1 ? "T3600" : "T\(now + 40 * 86400)" })
+        try h.waitCaughtUp()
+        let (code, out) = try h.verify()
+        #expect(code == 0, "verify: \(out)")
+        #expect(out.contains("compared:100000 differences:0"), "verify: \(out)")
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.fullSyncs == 1)
+        #expect(f.counters.gaps == 0)
+    }
+
+    @Test func deletesTouchesFlushAndBinaryKeysReplicate() throws {
+        let h = try PairHarness()
+        let c = try MemcacheConnection(h.tapEndpoint)
+        let b = try h.passive.connect()
+        try h.write(0..<200, prefix: "d")
+        #expect(try c.delete(Array("d5".utf8)))
+        #expect(try c.touch(Array("d6".utf8), exptime: 5000))
+        let bin: [UInt8] = [0xff, 0x00, 0x20, 0x0d, 0x0a, 0x41]
+        #expect(try c.meta(.set(bin, [1, 2, 3], ["F9", "T0"])).status == .hd)
+        let forty = Clock.unixSeconds() + 40 * 86400
+        #expect(try c.set(Array("forty".utf8), [7], flags: 1, exptime: forty) == .stored)
+        try h.waitCaughtUp()
+        #expect(try b.get(Array("d5".utf8)) == nil)
+        let t = try b.meta(.get(Array("d6".utf8), ["t"])).intFlag("t") ?? -1
+        #expect(t > 4990 && t <= 5000, "touch TTL on passive: \(t)")
+        #expect(try b.meta(.get(bin, ["v", "f"])).value == [1, 2, 3])
+        let t40 = try b.meta(.get(Array("forty".utf8), ["t"])).intFlag("t") ?? -1
+        #expect(abs(t40 - 40 * 86400) <= 3, "40-day TTL on passive: \(t40)")
+        #expect(try h.verify().0 == 0)
+        try c.flushAll()
+        try h.write(0..<3, prefix: "after")
+        try h.waitCaughtUp()
+        #expect(try b.get(Array("d7".utf8)) == nil)
+        #expect(try b.get(Array("after1".utf8))?.value == Array("value-1".utf8))
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.flushes == 1)
+    }
+
+    @Test func followerRestartResumesFromTheBacklog() throws {
+        let h = try PairHarness()
+        try h.write(0..<5000, prefix: "r")
+        try h.waitCaughtUp()
+        // Kill mid-stream: writes are flowing while the follower dies.
+        let writer = Thread { _ = try? h.write(5000..<25_000, prefix: "r") }
+        writer.start()
+        usleep(100_000)
+        h.follower!.kill9()
+        while writer.isExecuting || !writer.isFinished { usleep(20_000) }
+        try h.startFollower()
+        try h.waitCaughtUp()
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.fullSyncs == 0, "resume must not full sync: \(h.follower!.log)")
+        #expect(f.counters.partialResyncs == 1)
+        let (code, out) = try h.verify()
+        #expect(code == 0, "\(out)")
+    }
+
+    @Test func followerRestartBeyondTheBacklogFullSyncsExactlyOnce() throws {
+        let h = try PairHarness(backlog: "64K")
+        try h.write(0..<1000, prefix: "s")
+        try h.waitCaughtUp()
+        h.follower!.stop()
+        try h.write(1000..<20_000, prefix: "s")  // far more than 64 KiB of records
+        try h.startFollower()
+        try h.waitCaughtUp()
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.fullSyncs == 1)
+        #expect(f.counters.partialResyncs == 0)
+        #expect(f.lastFullSync?.reason.contains("backlog") == true, "reason: \(f.lastFullSync?.reason ?? "-")")
+        let (code, out) = try h.verify()
+        #expect(code == 0, "\(out)")
+    }
+
+    @Test func passiveMemcachedRestartTriggersFullSync() throws {
+        let h = try PairHarness()
+        try h.write(0..<3000, prefix: "p")
+        try h.waitCaughtUp()
+        h.passive = try h.passive.restart()
+        #expect(waitUntil(30) { ((try? h.status("b").follower?.counters.fullSyncs) ?? 0) >= 2 })
+        try h.waitCaughtUp()
+        let (code, out) = try h.verify()
+        #expect(code == 0, "\(out)")
+        #expect(h.follower!.log.contains("local memcached restarted"))
+    }
+
+    @Test func fullSyncOfAMillionKeysWhileWritesContinue() throws {
+        let h = try PairHarness(startFollower: false, activeMemoryMB: 1024)
+        // Pre-fill the active directly (not journaled): only a full sync can copy these.
+        let a = try h.active.connect()
+        var batch: [MetaRequest] = []
+        for i in 0..<1_000_000 {
+            batch.append(.set(Array("pre\(i)".utf8), Array("v\(i)".utf8), ["T0"]))
+            if batch.count == 2000 {
+                #expect(try a.quietBatch(batch).isEmpty)
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        let stale = try h.passive.connect()
+        try stale.set(Array("stale-only-on-passive".utf8), [1])
+        let writer = Thread { _ = try? h.write(0..<30_000, prefix: "live") }
+        writer.start()
+        try h.startFollower()
+        while !writer.isFinished { usleep(20_000) }
+        try h.waitCaughtUp(timeout: 300)
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.fullSyncs == 1)
+        let report = try #require(f.lastFullSync)
+        #expect(report.keys >= 1_000_000)
+        let (code, out) = try h.verify()
+        #expect(code == 0, "\(out)")
+        #expect(out.contains("differences:0"))
+        #expect(try stale.get(Array("stale-only-on-passive".utf8)) == nil)
+    }
+
+    @Test func statusAndMetricsTellTheTruth() throws {
+        let h = try PairHarness()
+        try h.write(0..<100, prefix: "m")
+        try h.waitCaughtUp()
+        let a = try h.status("a")
+        let b = try h.status("b")
+        #expect(a.role == "active" && b.role == "passive")
+        #expect(a.epoch == 1)
+        #expect(a.keeper?.endOffset == 100)
+        #expect(a.keeper?.followerInSync == true)
+        #expect(b.follower?.appliedOffset == 100 && b.follower?.lagRecords == 0)
+        #expect(b.follower?.keeperRunID == a.keeper?.runID)
+        let text = try runTool(Paths.understudy, ["status", "--control", h.dir + "/b.sock"])
+        #expect(text.contains("role:passive") && text.contains("applied_offset:100") && text.contains("in_sync:true"))
+        var st = stat()
+        #expect(stat(h.dir + "/a.sock", &st) == 0 && st.st_mode & 0o777 == 0o600)
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import MemcacheClient
+import MemcacheProtocol
+import UnderstudyCore
+import UnderstudyPosix
+
+/// Two memcacheds, an active and a passive `understudy serve` and an `understudy tap`, all as
+/// real processes of the built binary on loopback.
+final class PairHarness: @unchecked Sendable {
+    let dir: String
+    let active: MemcachedServer
+    var passive: MemcachedServer
+    let activePort = Ports.free()
+    let passivePort = Ports.free()
+    let tapPort = Ports.free()
+    var keeper: ChildProcess?
+    var follower: ChildProcess?
+    var tap: ChildProcess?
+    let backlog: String
+    let secret: String?
+    var followerSecret: String?
+    var restarts = 0
+
+    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256) throws {
+        dir = Paths.tempDir("pair")
+        self.backlog = backlog
+        active = try MemcachedServer(memoryMB: activeMemoryMB)
+        passive = try MemcachedServer(memoryMB: activeMemoryMB)
+        if let secret {
+            self.secret = dir + "/secret"
+            try Data((secret + "\n").utf8).write(to: URL(fileURLWithPath: self.secret!))
+        } else {
+            self.secret = nil
+        }
+        followerSecret = self.secret
+        try startKeeper()
+        if startFollower { try self.startFollower() }
+        try startTap()
+    }
+
+    var secretArgs: [String] { secret.map { ["--secret-file", $0] } ?? [] }
+
+    func startKeeper() throws {
+        keeper = try ChildProcess(Paths.understudy, ["serve", "--role", "active", "--memcached", active.address,
+                                                    "--listen", "127.0.0.1:\(activePort)", "--control", dir + "/a.sock",
+                                                    "--state-dir", dir + "/a", "--backlog-size", backlog] + secretArgs,
+                                  name: "keeper", logDir: dir)
+        try keeper!.waitForLog("ready")
+    }
+
+    func startFollower() throws {
+        restarts += 1
+        follower = try ChildProcess(Paths.understudy, ["serve", "--role", "passive", "--memcached", passive.address,
+                                                      "--listen", "127.0.0.1:\(passivePort)", "--peer", "127.0.0.1:\(activePort)",
+                                                      "--peer-memcached", active.address, "--control", dir + "/b.sock",
+                                                      "--state-dir", dir + "/b"] + (followerSecret.map { ["--secret-file", $0] } ?? []),
+                                    name: "follower\(restarts)", logDir: dir)
+        try follower!.waitForLog("ready")
+    }
+
+    func startTap(mode: String = "async") throws {
+        tap = try ChildProcess(Paths.understudy, ["tap", "--listen", "127.0.0.1:\(tapPort)", "--memcached", active.address,
+                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode] + secretArgs,
+                               name: "tap", logDir: dir)
+        try tap!.waitForLog("connected to journal keeper")
+    }
+
+    var tapEndpoint: Endpoint { Endpoint(host: "127.0.0.1", port: tapPort) }
+
+    func status(_ which: String) throws -> NodeStatus {
+        let json = try runTool(Paths.understudy, ["status", "--json", "--control", dir + "/\(which).sock"], timeout: 20)
+        return try JSONDecoder().decode(NodeStatus.self, from: Data(json.utf8))
+    }
+
+    /// Waits until the follower has applied everything the keeper journaled and is streaming.
+    func waitCaughtUp(timeout: Double = 120) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last = ""
+        while Date() < deadline {
+            if let k = try? status("a").keeper, let f = try? status("b").follower {
+                last = "keeper end \(k.endOffset), follower applied \(f.appliedOffset), in sync \(f.inSync), error \(f.lastError ?? "-")"
+                if f.inSync && f.appliedOffset >= k.endOffset && k.followerApplied >= k.endOffset { return }
+            }
+            usleep(100_000)
+        }
+        throw TestFailure("follower did not catch up in \(timeout) s: \(last)\n--- keeper\n\(keeper?.log.suffix(3000) ?? "")\n--- follower\n\(follower?.log.suffix(3000) ?? "")")
+    }
+
+    /// `understudy verify` between the two memcacheds: its exit code and output.
+    func verify() throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Paths.understudy)
+        p.arguments = ["verify", "--active", active.address, "--passive", passive.address]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
+    /// Writes keys through the tap in pipelined meta batches; returns how many.
+    @discardableResult
+    func write(_ keys: Range<Int>, prefix: String = "k", value: (Int) -> [UInt8] = { Array("value-\($0)".utf8) },
+               flags: (Int) -> String = { "F\($0 % 65536)" }, ttl: (Int) -> String = { _ in "T0" }) throws -> Int {
+        let c = try MemcacheConnection(tapEndpoint, ioTimeoutMs: 30_000)
+        defer { c.close() }
+        var batch: [MetaRequest] = []
+        for i in keys {
+            batch.append(.set(Array("\(prefix)\(i)".utf8), value(i), [flags(i), ttl(i)]))
+            if batch.count == 500 {
+                let failed = try c.quietBatch(batch)
+                if !failed.isEmpty { throw TestFailure("tap refused writes: \(failed.prefix(3))") }
+                batch.removeAll()
+            }
+        }
+        if !batch.isEmpty { _ = try c.quietBatch(batch) }
+        return keys.count
+    }
+
+    func stop() {
+        tap?.stop()
+        follower?.stop()
+        keeper?.stop()
+        active.stop()
+        passive.stop()
+    }
+
+    deinit { stop() }
+}
