@@ -140,3 +140,36 @@ struct TapEmitterTests {
         #expect(strict.records().count == 1)
     }
 }
+
+@Suite("WriteTap library")
+struct TappedClientTests {
+    @Test func everyAcknowledgedMutationIsJournaledAfterTheAck() throws {
+        let h = try TapHarness()
+        let c = try TappedClient(memcached: h.memcached.endpoint, tap: h.emitter)
+        func k(_ s: String) -> [UInt8] { Array(s.utf8) }
+        try c.set(k("a"), [1])
+        #expect(try c.store(.add, k("a"), [2]) == .notStored)
+        try c.store(.replace, k("a"), [3])
+        try c.store(.append, k("a"), [4])
+        try c.store(.prepend, k("a"), [5])
+        let cas = try #require(try c.connection.gets([k("a")])[k("a")]?.cas)
+        try c.store(.cas, k("a"), [6], cas: cas)
+        try c.set(k("n"), Array("1".utf8))
+        _ = try c.incr(k("n"), by: 2)
+        _ = try c.decr(k("n"), by: 1)
+        _ = try c.incr(k("missing"), by: 1)
+        try c.touch(k("n"), exptime: 100)
+        _ = try c.gat(100, [k("a"), k("missing")])
+        _ = try c.gats(100, [k("n")])
+        try c.delete(k("a"))
+        _ = try c.meta(.set(k("m"), [1], ["T0"]))
+        _ = try c.meta(.arithmetic(k("m2"), ["N0", "J1"]))
+        _ = try c.meta(.get(k("m"), ["T60", "v"]))
+        _ = try c.meta(.get(k("m"), ["v"]))
+        _ = try c.meta(.delete(k("m")))
+        try c.flushAll()
+        let want = ["write a", "write a", "write a", "write a", "write a", "write n", "write n", "write n", "touch n",
+                    "touch a", "touch n", "delete a", "write m", "write m2", "touch m", "delete m", "flush "]
+        #expect(h.waitForRecords(want.count).map { "\($0.0) \($0.1)" } == want)
+    }
+}
