@@ -22,8 +22,11 @@ public enum Message: Equatable, Sendable {
     case stream([StreamRecord])
     case followerAck(applied: UInt64)
     case ping(endOffset: UInt64, stampNanos: Int64)
+    // Peer daemon ⇄ daemon
+    case peerInfo(active: Bool, epoch: UInt64, runID: UInt64)
 
-    public enum PeerKind: UInt8, Sendable { case tap = 1, follower = 2 }
+    /// `probe` is another daemon asking who we are (two actives must find each other).
+    public enum PeerKind: UInt8, Sendable { case tap = 1, follower = 2, probe = 3 }
 
     public static let version: UInt8 = 1
     public static let maxFrame = 16 << 20
@@ -47,6 +50,7 @@ public enum Message: Equatable, Sendable {
         case .stream: return 0x23
         case .followerAck: return 0x24
         case .ping: return 0x25
+        case .peerInfo: return 0x30
         }
     }
 
@@ -74,6 +78,7 @@ public enum Message: Equatable, Sendable {
             for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
         case .followerAck(let a): w.u64(a)
         case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
+        case .peerInfo(let active, let epoch, let run): w.u8(active ? 1 : 0); w.u64(epoch); w.u64(run)
         }
         var out = WireWriter()
         out.u32(UInt32(w.bytes.count))
@@ -129,6 +134,7 @@ public enum Message: Equatable, Sendable {
             m = .stream(recs)
         case 0x24: m = .followerAck(applied: try r.u64())
         case 0x25: m = .ping(endOffset: try r.u64(), stampNanos: try r.i64())
+        case 0x30: m = .peerInfo(active: try r.u8() != 0, epoch: try r.u64(), runID: try r.u64())
         default: throw .malformed("unknown message type 0x\(String(type, radix: 16))")
         }
         try r.finish()

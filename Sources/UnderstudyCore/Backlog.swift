@@ -48,7 +48,7 @@ struct Backlog {
     func read(from offset: UInt64, max: Int) -> [StreamRecord]? {
         guard covers(offset) else { return nil }
         let start = head + Int(offset - firstOffset)
-        let end = Swift.min(records.count, start + max)
+        let end = start + Swift.min(records.count - start, max)
         return start < end ? Array(records[start..<end]) : []
     }
 }

@@ -20,6 +20,15 @@ public struct Config: Sendable {
     public var logLevel = Log.Level.info
     /// Bind the journal port to a wildcard address even so (never implied).
     public var allowWildcard = false
+    /// Memcached health probes: one every `probeInterval` ms; `probeFailures` in a row
+    /// (so within probeFailures × probeInterval) run the hook.
+    public var probeInterval = 500
+    public var probeFailures = 4
+    public var hookTimeout = 10_000
+    /// Passive: the active memcached stopped answering (heartbeat v1 does not monitor it).
+    public var onActiveFailure = "/usr/share/heartbeat/hb_takeover"
+    /// Active: the local memcached stopped answering; run only if the follower is in sync.
+    public var onLocalFailure = "/usr/share/heartbeat/hb_standby"
 
     public init() {}
 
@@ -44,6 +53,11 @@ public struct Config: Sendable {
         ("batch-size", "keys per pipelined copy batch (default 1000)"),
         ("log-level", "debug|info|warning|error (default info)"),
         ("allow-wildcard", "true to allow binding the journal port to 0.0.0.0 or ::"),
+        ("probe-interval", "milliseconds between memcached health probes (default 500)"),
+        ("probe-failures", "failed probes in a row that count as down (default 4)"),
+        ("hook-timeout", "milliseconds a failure hook may run before it is killed (default 10000)"),
+        ("on-active-failure", "passive: command run when the active memcached is down (default hb_takeover); 'none' disables"),
+        ("on-local-failure", "active: command run when the local memcached is down and the peer is in sync (default hb_standby); 'none' disables"),
     ]
 
     /// Parses `serve` arguments, reading `--config FILE` first if given.
@@ -129,6 +143,11 @@ public struct Config: Sendable {
         case "allow-wildcard":
             guard let b = Bool(value) else { throw Error("--allow-wildcard must be true or false") }
             allowWildcard = b
+        case "probe-interval", "probe-failures", "hook-timeout":
+            guard let n = Int(value), n > 0, n <= 3_600_000 else { throw Error("--\(name) must be a positive number") }
+            if name == "probe-interval" { probeInterval = n } else if name == "probe-failures" { probeFailures = n } else { hookTimeout = n }
+        case "on-active-failure": onActiveFailure = value
+        case "on-local-failure": onLocalFailure = value
         default:
             throw Error("unknown setting '\(name)' (see understudy serve --help)")
         }

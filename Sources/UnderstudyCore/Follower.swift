@@ -14,6 +14,8 @@ final class Follower: Sendable {
         var stateDir: String
         var epoch: UInt64
         var batchSize = 1000
+        /// Told the keeper's epoch at every connect, so the node persists the highest seen.
+        var onEpochSeen: @Sendable (UInt64) -> Void = { _ in }
     }
 
     struct State {
@@ -33,6 +35,8 @@ final class Follower: Sendable {
         var lastError: String?
         var counters = FollowerCounters()
         var stopping = false
+        /// Promotion in progress: apply what is queued, then stop instead of waiting for more.
+        var draining = false
         var connection: Socket?
         var lastInSync: Int64?
         /// Whether the local memcached holds a complete copy as of `applied` (false from the
@@ -65,6 +69,24 @@ final class Follower: Sendable {
         }
         c?.shutdown()
     }
+
+    /// Applies what has been received and can still be read from the active, then stops.
+    /// Bounded by `timeoutMs`: a dead active cannot be read, so waiting longer is pointless.
+    func drainAndStop(timeoutMs: Int) -> (applied: UInt64, unapplied: Int) {
+        let c = state.update { s -> Socket? in
+            s.draining = true
+            return s.connection
+        }
+        _ = c
+        let done = state.wait(until: { $0.phase == "stopped" }, timeoutMs: timeoutMs) { _, ok in ok }
+        if !done {
+            stop()
+            _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 2000) { _, ok in ok }
+        }
+        return state.withLock { ($0.applied, $0.pending) }
+    }
+
+    var draining: Bool { state.withLock { $0.draining } }
 
     /// Asks for a full sync at the next opportunity (operator `understudy resync`).
     func requestResync(_ reason: String) {
@@ -106,10 +128,10 @@ final class Follower: Sendable {
                     s.inSync = false
                     s.phase = "connecting"
                 }
-                if !stopping { Log.warning("follower", "\(error); retrying in \(backoffMs) ms") }
+                if !stopping && !draining { Log.warning("follower", "\(error); retrying in \(backoffMs) ms") }
             }
             persist(identities)
-            if stopping { break }
+            if stopping || draining { break }
             Clock.sleep(milliseconds: backoffMs)
             backoffMs = min(backoffMs * 2, 2000)
         }
@@ -158,7 +180,9 @@ final class Follower: Sendable {
         state.update { $0.phase = "connecting" }
         let ch: JournalChannel
         do {
-            (ch, _) = try Handshake.connect(options.keeper, secret: options.secret, kind: .follower)
+            let (c, keeperEpoch) = try Handshake.connect(options.keeper, secret: options.secret, kind: .follower)
+            ch = c
+            options.onEpochSeen(keeperEpoch)
         } catch {
             throw .journal(error.description)
         }
@@ -255,7 +279,7 @@ final class Follower: Sendable {
                 try ack(ch)
                 continue
             }
-            let (batch, live) = state.wait(until: { $0.pending > 0 || !$0.connected || $0.stopping || $0.fullSyncReason != nil },
+            let (batch, live) = state.wait(until: { $0.pending > 0 || !$0.connected || $0.stopping || $0.draining || $0.fullSyncReason != nil },
                                            timeoutMs: 200) { s, _ -> ([StreamRecord], Bool) in
                 let n = min(s.pending, options.batchSize)
                 let b = Array(s.queue[s.head..<(s.head + n)])
@@ -273,6 +297,11 @@ final class Follower: Sendable {
                 return (b, s.connected)
             }
             if batch.isEmpty {
+                if draining {
+                    Log.info("follower", "drained: applied through offset \(state.withLock { $0.applied })")
+                    state.update { $0.stopping = true }
+                    return
+                }
                 if !live { throw .journal(state.withLock { $0.lastError } ?? "keeper connection closed") }
                 if Clock.monoNanos() - lastPersist > 1_000_000_000 {
                     persist(identities)
@@ -378,6 +407,7 @@ final class Follower: Sendable {
     /// Runs a full sync while the stream keeps buffering, then lets the caller replay it.
     /// `base` is the last offset the sync covers (a gap record), or nil for the current one.
     func fullSync(reason: String, identities: inout Identities, base: UInt64? = nil) throws(FollowerFailure) {
+        if draining { throw .fullSync("not starting a full sync while being promoted") }
         FollowerPosition.forget(in: options.stateDir)
         state.update { s in
             s.phase = "full_sync"

@@ -29,12 +29,26 @@ final class Keeper: Sendable {
     let runID: UInt64
     let epoch: UInt64
     let state: Monitor<State>
+    /// Called when a peer shows an epoch above ours: this keeper is stale and must step down.
+    let onHigherEpoch: @Sendable (UInt64) -> Void
 
-    init(backlogBytes: Int, epoch: UInt64) {
+    init(backlogBytes: Int, epoch: UInt64, onHigherEpoch: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         var g = SystemRandomNumberGenerator()
         self.runID = UInt64.random(in: 1...UInt64.max >> 1, using: &g)
         self.epoch = epoch
+        self.onHigherEpoch = onHigherEpoch
         self.state = Monitor(State(backlog: Backlog(limitBytes: backlogBytes)))
+    }
+
+    /// Records no follower has applied: what only this node accepted. Also how many such
+    /// records already fell out of the backlog (their keys are unknown).
+    func orphans() -> (records: [StreamRecord], lost: UInt64) {
+        state.withLock { s in
+            let from = s.followerApplied + 1
+            let lost = s.backlog.firstOffset > from ? s.backlog.firstOffset - from : 0
+            let recs = s.backlog.read(from: max(from, s.backlog.firstOffset), max: Int.max) ?? []
+            return (recs, lost)
+        }
     }
 
     func stop() {
@@ -44,6 +58,9 @@ final class Keeper: Sendable {
         }
         follower?.shutdown()
     }
+
+    /// Undoes `stop` when a demotion is abandoned: the run, its backlog and tap positions stay.
+    func resume() { state.update { $0.stopping = false } }
 
     var snapshot: KeeperStatus {
         state.withLock { s in
@@ -165,7 +182,8 @@ final class Keeper: Sendable {
             guard case .follow(let theirRun, let applied, let theirEpoch) = try ch.receive() else { return }
             if theirEpoch > epoch {
                 try? ch.send(.refused(reason: "follower has seen epoch \(theirEpoch), newer than this keeper's \(epoch)"))
-                Log.warning("keeper", "refusing follower \(ch.peer): it has seen epoch \(theirEpoch) > ours \(epoch)")
+                Log.warning("keeper", "refusing follower \(ch.peer): it has seen epoch \(theirEpoch) > ours \(epoch); stepping down")
+                onHigherEpoch(theirEpoch)
                 return
             }
             let (reply, from, newID, old) = state.update { s -> (Message, UInt64, Int, Socket?) in

@@ -11,6 +11,11 @@ public final class Node: Sendable {
         var keeper: Keeper?
         var follower: Follower?
         var stopping = false
+        var detector: FailureDetector?
+        /// Serialises promote/demote: heartbeat, the control socket and the peer probe may
+        /// all ask at once.
+        var transitioning = false
+        var lastRecoveryFile: String?
     }
 
     public let config: Config
@@ -66,16 +71,18 @@ public final class Node: Sendable {
             startFollower()
         }
         Threads.start("journal-accept") { [self] in acceptJournal() }
+        if config.peer != nil { Threads.start("peer-probe") { [self] in probePeerLoop() } }
         Threads.start("control-accept") { [self] in ControlServer(node: self).run(controlListener) }
         if let m = metricsListener { Threads.start("metrics-accept") { [self] in MetricsServer(node: self).run(m) } }
     }
 
     /// Graceful stop: the follower finishes its batch and saves its position; listeners close.
     public func stop() {
-        let (keeper, follower) = state.update { s -> (Keeper?, Follower?) in
+        let (keeper, follower, detector) = state.update { s -> (Keeper?, Follower?, FailureDetector?) in
             s.stopping = true
-            return (s.keeper, s.follower)
+            return (s.keeper, s.follower, s.detector)
         }
+        detector?.stop()
         journalListener.close()
         controlListener.close()
         metricsListener?.close()
@@ -85,81 +92,18 @@ public final class Node: Sendable {
         Log.info("node", "stopped")
     }
 
-    // MARK: roles
-
-    func startFollower() {
-        guard let peer = config.peer, let peerMemcached = config.peerMemcached else {
-            Log.error("node", "passive without --peer/--peer-memcached: not following anything")
-            return
-        }
-        let epoch = state.withLock { $0.persisted.epoch }
-        let f = Follower(.init(keeper: peer, activeMemcached: peerMemcached, localMemcached: config.memcached, secret: secret,
-                               stateDir: config.stateDir, epoch: epoch, batchSize: config.batchSize))
-        state.update { $0.follower = f }
-        f.start()
-    }
-
-    /// Becomes the keeper: raises and persists the epoch first, so a crash mid-promotion never
-    /// leaves a keeper whose epoch is not on disk. Idempotent.
-    public func promote(reason: String) -> Result<String, StartError> {
-        let already = state.withLock { $0.role == .active && $0.keeper != nil }
-        if already { return .success("already active (epoch \(state.withLock { $0.persisted.epoch }))") }
-        let follower = state.withLock { $0.follower }
-        follower?.stop()
-        var next = state.withLock { $0.persisted }
-        next.epoch += 1
-        next.role = "active"
-        do { try next.save(to: config.stateDir) } catch {
-            return .failure(StartError(description: "cannot persist epoch \(next.epoch): \(error); staying \(state.withLock { $0.role.rawValue })"))
-        }
-        let keeper = Keeper(backlogBytes: config.backlogSize, epoch: next.epoch)
-        state.update { s in
-            s.persisted = next
-            s.role = .active
-            s.keeper = keeper
-            s.follower = nil
-        }
-        Log.info("node", "promoted to active (\(reason)): epoch \(next.epoch), run \(String(keeper.runID, radix: 16))")
-        return .success("active, epoch \(next.epoch)")
-    }
-
-    /// Stops keeping the journal and follows the peer; the copy counts as in sync only after a
-    /// full sync. Idempotent.
-    public func demote(reason: String) -> Result<String, StartError> {
-        let (role, keeper) = state.withLock { ($0.role, $0.keeper) }
-        if role == .passive { return .success("already passive") }
-        keeper?.stop()
-        var next = state.withLock { $0.persisted }
-        next.role = "passive"
-        do { try next.save(to: config.stateDir) } catch {
-            Log.error("node", "cannot persist role: \(error)")
-        }
-        FollowerPosition.forget(in: config.stateDir)
-        state.update { s in
-            s.persisted = next
-            s.role = .passive
-            s.keeper = nil
-        }
-        Log.info("node", "demoted to passive (\(reason))")
-        startFollower()
-        return .success("passive, epoch \(next.epoch)")
-    }
-
-    public func resync() -> Result<String, StartError> {
-        guard let f = state.withLock({ $0.follower }) else { return .failure(StartError(description: "not a follower")) }
-        f.requestResync("operator request")
-        return .success("full sync requested")
-    }
-
     public var status: NodeStatus {
-        let (role, persisted, keeper, follower) = state.withLock { ($0.role, $0.persisted, $0.keeper, $0.follower) }
-        let state: String
-        if let keeper { state = keeper.state.withLock { $0.followerInSync } ? "keeping (follower in sync)" : "keeping" } else {
-            state = follower?.phase ?? "idle"
+        let (role, persisted, keeper, follower, recovery) = state.withLock {
+            ($0.role, $0.persisted, $0.keeper, $0.follower, $0.lastRecoveryFile)
         }
-        return NodeStatus(role: role.rawValue, epoch: persisted.epoch, state: state, memcached: config.memcached.description,
+        let phase: String
+        if let keeper { phase = keeper.state.withLock { $0.followerInSync } ? "keeping (follower in sync)" : "keeping" } else {
+            phase = follower?.phase ?? "idle"
+        }
+        return NodeStatus(role: role.rawValue, epoch: persisted.epoch, state: phase, memcached: config.memcached.description,
                           listen: config.listen.description, peer: config.peer?.description, keeper: keeper?.snapshot,
-                          follower: follower?.snapshot, lastInSync: follower?.lastInSync ?? persisted.lastInSync)
+                          follower: follower?.snapshot, lastInSync: follower?.lastInSync ?? persisted.lastInSync,
+                          recoveryFile: recovery)
     }
 
     // MARK: journal port
@@ -193,12 +137,17 @@ public final class Node: Sendable {
             return
         }
         guard let keeper else {
-            try? ch.send(.refused(reason: "this node is passive; the keeper is the active node"))
+            if kind == .probe {
+                try? ch.send(.peerInfo(active: false, epoch: epoch, runID: 0))
+            } else {
+                try? ch.send(.refused(reason: "this node is passive; the keeper is the active node"))
+            }
             return
         }
         switch kind {
         case .tap: keeper.serveTap(ch)
         case .follower: keeper.serveFollower(ch)
+        case .probe: try? ch.send(.peerInfo(active: true, epoch: epoch, runID: keeper.runID))
         }
     }
 }

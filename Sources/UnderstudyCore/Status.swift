@@ -10,6 +10,8 @@ public struct NodeStatus: Codable, Sendable {
     public var keeper: KeeperStatus?
     public var follower: FollowerStatus?
     public var lastInSync: Int64?
+    /// The last recovery file written on demotion (writes only this node accepted).
+    public var recoveryFile: String?
 }
 
 public struct KeeperCounters: Codable, Sendable, Equatable {

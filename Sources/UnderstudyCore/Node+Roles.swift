@@ -1,0 +1,180 @@
+import JournalWire
+import UnderstudyPosix
+
+/// Roles and epochs (Invariant 7): promotion, demotion, the recovery file, epoch learning,
+/// two-actives detection and the failure hooks.
+extension Node {
+    /// Records an epoch seen on a peer; the highest seen is persisted so this node can never
+    /// later keep the journal under a lower one.
+    func noteEpoch(_ seen: UInt64) {
+        let save = state.update { s -> NodeState? in
+            guard seen > s.persisted.epoch else { return nil }
+            s.persisted.epoch = seen
+            return s.persisted
+        }
+        guard let save else { return }
+        do { try save.save(to: config.stateDir) } catch {
+            Log.error("node", "cannot persist epoch \(seen): \(error)")
+        }
+        Log.info("node", "seen epoch \(seen) on the peer; recorded")
+    }
+
+    private func beginTransition() -> Bool {
+        state.update { s -> Bool in
+            if s.transitioning || s.stopping { return false }
+            s.transitioning = true
+            return true
+        }
+    }
+
+    private func endTransition() { state.update { $0.transitioning = false } }
+
+    func startFollower() {
+        guard let peer = config.peer, let peerMemcached = config.peerMemcached else {
+            Log.error("node", "passive without --peer/--peer-memcached: not following anything")
+            return
+        }
+        let epoch = state.withLock { $0.persisted.epoch }
+        var options = Follower.Options(keeper: peer, activeMemcached: peerMemcached, localMemcached: config.memcached,
+                                       secret: secret, stateDir: config.stateDir, epoch: epoch, batchSize: config.batchSize)
+        options.onEpochSeen = { [weak self] e in self?.noteEpoch(e) }
+        let f = Follower(options)
+        let detector = makeDetector(target: peerMemcached, hook: config.onActiveFailure, name: "on-active-failure") { _ in true }
+        state.update { s in
+            s.follower = f
+            s.detector = detector
+        }
+        f.start()
+        detector?.start("probe-active")
+    }
+
+    /// Probes `target`; after enough failures runs `hook` if `allowed` agrees.
+    func makeDetector(target: Endpoint, hook: String, name: String,
+                      allowed: @escaping @Sendable (Node) -> Bool) -> FailureDetector? {
+        guard hook != "none" else { return nil }
+        let h = Hook(name: name, command: hook, timeoutMs: config.hookTimeout)
+        return FailureDetector(target: target, intervalMs: config.probeInterval, failures: config.probeFailures) { [weak self] why in
+            guard let self, !self.state.withLock({ $0.stopping }) else { return }
+            if allowed(self) {
+                h.run(reason: why)
+            } else {
+                Log.warning("hook", "\(name): not running '\(hook)': \(why), but the peer is not in sync (a failover now would lose data)")
+            }
+        }
+    }
+
+    /// Becomes the keeper. Drains what the follower can still apply, raises the epoch above
+    /// every epoch seen and persists it before accepting a single tap. Idempotent.
+    public func promote(reason: String) -> Result<String, StartError> {
+        if state.withLock({ $0.role == .active && $0.keeper != nil }) {
+            return .success("already active (epoch \(state.withLock { $0.persisted.epoch }))")
+        }
+        guard beginTransition() else { return .failure(StartError(description: "a role change is already in progress")) }
+        defer { endTransition() }
+        let (follower, detector) = state.withLock { ($0.follower, $0.detector) }
+        detector?.stop()
+        var inSync = true
+        if let follower {
+            inSync = follower.snapshot.inSync
+            let (applied, left) = follower.drainAndStop(timeoutMs: 3000)
+            Log.info("node", "follower drained through offset \(applied)\(left > 0 ? "; \(left) records could not be applied (active unreachable)" : "")")
+        }
+        var next = state.withLock { $0.persisted }
+        next.epoch += 1
+        next.role = "active"
+        do { try next.save(to: config.stateDir) } catch {
+            return .failure(StartError(description: "cannot persist epoch \(next.epoch): \(error); not promoting"))
+        }
+        let keeper = Keeper(backlogBytes: config.backlogSize, epoch: next.epoch) { [weak self] higher in
+            Threads.start("step-down") { [weak self] in
+                self?.noteEpoch(higher)
+                _ = self?.demote(reason: "a peer has seen epoch \(higher)")
+            }
+        }
+        let local = makeDetector(target: config.memcached, hook: config.onLocalFailure, name: "on-local-failure") { node in
+            node.state.withLock { $0.keeper?.state.withLock { $0.followerInSync } ?? false }
+        }
+        state.update { s in
+            s.persisted = next
+            s.role = .active
+            s.keeper = keeper
+            s.follower = nil
+            s.detector = local
+        }
+        local?.start("probe-local")
+        if !inSync { Log.warning("node", "promoted while the local copy was not known to be in sync") }
+        Log.info("node", "promoted to active (\(reason)): epoch \(next.epoch), run \(String(keeper.runID, radix: 16))")
+        return .success("active, epoch \(next.epoch)")
+    }
+
+    /// Stops keeping the journal and follows the peer; the copy counts as in sync only after a
+    /// full sync. Writes only this node accepted go to a recovery file first. Idempotent.
+    public func demote(reason: String) -> Result<String, StartError> {
+        if state.withLock({ $0.role == .passive }) { return .success("already passive") }
+        guard beginTransition() else { return .failure(StartError(description: "a role change is already in progress")) }
+        defer { endTransition() }
+        let (keeper, detector, epoch) = state.withLock { ($0.keeper, $0.detector, $0.persisted.epoch) }
+        keeper?.stop()
+        if let keeper {
+            let (orphans, lost) = keeper.orphans()
+            if !orphans.isEmpty || lost > 0 {
+                do {
+                    let path = try RecoveryFile.write(orphans: orphans, lostFromBacklog: lost, epoch: epoch, runID: keeper.runID,
+                                                      memcached: config.memcached, dir: config.stateDir)
+                    state.update { $0.lastRecoveryFile = path }
+                    Log.warning("node", "\(orphans.count) journal records were never applied by a follower; saved to \(path)")
+                } catch {
+                    // Keep the data: a demoted node full syncs, which would overwrite them.
+                    Log.error("node", "cannot write the recovery file in \(config.stateDir): \(error); staying active")
+                    keeper.resume()
+                    return .failure(StartError(description: "cannot write recovery file: \(error); not demoting"))
+                }
+            }
+        }
+        detector?.stop()
+        var next = state.withLock { $0.persisted }
+        next.role = "passive"
+        do { try next.save(to: config.stateDir) } catch {
+            Log.error("node", "cannot persist role: \(error)")
+        }
+        FollowerPosition.forget(in: config.stateDir)
+        state.update { s in
+            s.persisted = next
+            s.role = .passive
+            s.keeper = nil
+            s.detector = nil
+        }
+        Log.info("node", "demoted to passive (\(reason)); following \(config.peer?.description ?? "nobody") after a full sync")
+        startFollower()
+        return .success("passive, epoch \(next.epoch)")
+    }
+
+    public func resync() -> Result<String, StartError> {
+        guard let f = state.withLock({ $0.follower }) else { return .failure(StartError(description: "not a follower")) }
+        f.requestResync("operator request")
+        return .success("full sync requested")
+    }
+
+    /// While active, asks the peer who it is once a second. Two actives (a healed partition,
+    /// or heartbeat dead on one side) must not both keep a journal: the one with the lower
+    /// (epoch, run id) steps down.
+    func probePeerLoop() {
+        guard let peer = config.peer else { return }
+        while !state.withLock({ $0.stopping }) {
+            Clock.sleep(milliseconds: 1000)
+            guard let keeper = state.withLock({ $0.keeper }) else { continue }
+            guard let (ch, _) = try? Handshake.connect(peer, secret: secret, kind: .probe, timeoutMs: 1000) else { continue }
+            defer { ch.stream.socket.close() }
+            guard case .peerInfo(let active, let theirEpoch, let theirRun)? = try? ch.receive() else { continue }
+            noteEpoch(theirEpoch)
+            guard active else { continue }
+            let ours = (keeper.epoch, keeper.runID)
+            if (theirEpoch, theirRun) > ours {
+                Log.warning("node", "two actives: peer \(peer) keeps epoch \(theirEpoch), ours is \(ours.0); stepping down")
+                _ = demote(reason: "peer \(peer) is active with a higher epoch")
+            } else {
+                Log.warning("node", "two actives: peer \(peer) keeps epoch \(theirEpoch) ≤ ours \(ours.0); it must step down")
+            }
+        }
+    }
+}
