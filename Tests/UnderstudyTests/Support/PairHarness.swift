@@ -20,10 +20,15 @@ final class PairHarness: @unchecked Sendable {
     let secret: String?
     var followerSecret: String?
     var restarts = 0
+    var keeperArgs: [String]
+    var followerArgs: [String]
 
-    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256) throws {
+    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256,
+         keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"]) throws {
         dir = Paths.tempDir("pair")
         self.backlog = backlog
+        self.keeperArgs = keeperArgs
+        self.followerArgs = followerArgs
         active = try MemcachedServer(memoryMB: activeMemoryMB)
         passive = try MemcachedServer(memoryMB: activeMemoryMB)
         if let secret {
@@ -43,7 +48,8 @@ final class PairHarness: @unchecked Sendable {
     func startKeeper() throws {
         keeper = try ChildProcess(Paths.understudy, ["serve", "--role", "active", "--memcached", active.address,
                                                     "--listen", "127.0.0.1:\(activePort)", "--control", dir + "/a.sock",
-                                                    "--state-dir", dir + "/a", "--backlog-size", backlog] + secretArgs,
+                                                    "--state-dir", dir + "/a", "--backlog-size", backlog,
+                                                    "--peer", "127.0.0.1:\(passivePort)", "--peer-memcached", passive.address] + keeperArgs + secretArgs,
                                   name: "keeper", logDir: dir)
         try keeper!.waitForLog("ready")
     }
@@ -53,7 +59,7 @@ final class PairHarness: @unchecked Sendable {
         follower = try ChildProcess(Paths.understudy, ["serve", "--role", "passive", "--memcached", passive.address,
                                                       "--listen", "127.0.0.1:\(passivePort)", "--peer", "127.0.0.1:\(activePort)",
                                                       "--peer-memcached", active.address, "--control", dir + "/b.sock",
-                                                      "--state-dir", dir + "/b"] + (followerSecret.map { ["--secret-file", $0] } ?? []),
+                                                      "--state-dir", dir + "/b"] + followerArgs + (followerSecret.map { ["--secret-file", $0] } ?? []),
                                     name: "follower\(restarts)", logDir: dir)
         try follower!.waitForLog("ready")
     }
@@ -63,6 +69,12 @@ final class PairHarness: @unchecked Sendable {
                                                  "--journal", "127.0.0.1:\(activePort)", "--mode", mode] + secretArgs,
                                name: "tap", logDir: dir)
         try tap!.waitForLog("connected to journal keeper")
+    }
+
+    /// `understudy promote|demote|resync --control` on node "a" or "b"; returns its output.
+    @discardableResult
+    func control(_ which: String, _ cmd: String) throws -> String {
+        try runTool(Paths.understudy, [cmd, "--control", dir + "/\(which).sock"], timeout: 30)
     }
 
     var tapEndpoint: Endpoint { Endpoint(host: "127.0.0.1", port: tapPort) }

@@ -1,0 +1,109 @@
+import Foundation
+import MemcacheClient
+import MemcacheProtocol
+import Testing
+import UnderstudyCore
+import UnderstudyPosix
+
+@Suite("roles, epochs and failure hooks on loopback", .serialized)
+struct RoleTests {
+    @Test func promoteAndDemoteAreIdempotentAndPersistTheEpoch() throws {
+        let h = try PairHarness()
+        try h.write(0..<500, prefix: "e")
+        try h.waitCaughtUp()
+        #expect(try h.control("a", "promote").contains("already active"))
+        #expect(try h.control("b", "demote").contains("already passive"))
+        // The follower learned the keeper's epoch before anything else happened.
+        let bState = try String(contentsOfFile: h.dir + "/b/state.json", encoding: .utf8)
+        #expect(bState.contains("\"epoch\":1"), "b state: \(bState)")
+        // Promote the follower: it drains, takes epoch 2, and the old active steps down.
+        #expect(try h.control("b", "promote").contains("epoch 2"))
+        #expect(try h.status("b").role == "active")
+        #expect(waitUntil(15) { (try? h.status("a").role) == "passive" }, "the lower epoch must step down")
+        let a = try h.status("a")
+        #expect(a.epoch == 2)
+        #expect(waitUntil(30) { (try? h.status("a").follower?.inSync) == true })
+        #expect(try h.status("b").keeper?.followerInSync == true)
+        let aState = try String(contentsOfFile: h.dir + "/a/state.json", encoding: .utf8)
+        #expect(aState.contains("\"role\":\"passive\""))
+    }
+
+    @Test func twoActivesMeetAndTheLowerEpochSavesItsOrphansThenResyncs() throws {
+        let h = try PairHarness()
+        try h.write(0..<300, prefix: "shared")
+        try h.waitCaughtUp()
+        // The follower vanishes; the active keeps accepting writes nobody replicates.
+        h.follower!.kill9()
+        try h.write(0..<50, prefix: "orphan", value: { Array("only-on-a-\($0)".utf8) })
+        #expect(waitUntil(10) { (try? h.status("a").keeper?.endOffset) == 350 })
+        // B comes back believing it is active (as after a partition): epoch 2 > A's 1.
+        h.followerArgs += ["--role", "active"]
+        try h.startFollower()
+        #expect(waitUntil(20) { (try? h.status("a").role) == "passive" })
+        let a = try h.status("a")
+        let b = try h.status("b")
+        #expect(a.role == "passive" && b.role == "active", "exactly one active")
+        #expect(b.epoch == 2)
+        let path = try #require(a.recoveryFile)
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 51, "50 orphans and a summary")
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+        #expect(first?["found"] as? Bool == true)
+        let value = Base64.decode(Array((first?["value_b64"] as? String ?? "").utf8)) ?? []
+        #expect(String(decoding: value, as: UTF8.self).hasPrefix("only-on-a-"))
+        #expect(lines.last?.contains("\"summary\":\"complete\"") == true)
+        // A never serves stale data as a follower: it full syncs B's copy, orphans gone.
+        #expect(waitUntil(30) { (try? h.status("a").follower?.inSync) == true })
+        #expect(try h.active.connect().get(Array("orphan1".utf8)) == nil)
+    }
+
+    @Test func activeMemcachedFailureRunsTheTakeoverHook() throws {
+        let dir = Paths.tempDir("hook")
+        let flag = dir + "/takeover-ran"
+        let h = try PairHarness(followerArgs: ["--on-active-failure", "echo \"$UNDERSTUDY_REASON\" > \(flag)",
+                                               "--probe-interval", "100", "--probe-failures", "3"])
+        try h.write(0..<10, prefix: "h")
+        try h.waitCaughtUp()
+        #expect(!FileManager.default.fileExists(atPath: flag))
+        h.active.kill9()
+        #expect(waitUntil(15) { FileManager.default.fileExists(atPath: flag) })
+        let reason = (try? String(contentsOfFile: flag, encoding: .utf8)) ?? ""
+        #expect(reason.contains("failed 3 probes"), "reason: \(reason)")
+        #expect(h.follower!.log.contains("on-active-failure"))
+    }
+
+    @Test func localMemcachedFailureHandsOverOnlyWhenThePeerIsInSync() throws {
+        let dir = Paths.tempDir("hook")
+        let flag = dir + "/standby-ran"
+        let h = try PairHarness(keeperArgs: ["--on-local-failure", "touch \(flag)", "--probe-interval", "100", "--probe-failures", "3"])
+        try h.write(0..<10, prefix: "l")
+        try h.waitCaughtUp()
+        h.active.kill9()
+        #expect(waitUntil(15) { FileManager.default.fileExists(atPath: flag) })
+
+        let flag2 = dir + "/standby-not-in-sync"
+        let lonely = try PairHarness(startFollower: false,
+                                     keeperArgs: ["--on-local-failure", "touch \(flag2)", "--probe-interval", "100", "--probe-failures", "3"])
+        lonely.active.kill9()
+        #expect(waitUntil(10) { lonely.keeper!.log.contains("the peer is not in sync") })
+        #expect(!FileManager.default.fileExists(atPath: flag2))
+    }
+
+    @Test func wrongSecretIsRefusedAndLogged() throws {
+        let h = try PairHarness(secret: "right-secret", startFollower: false)
+        let wrong = h.dir + "/wrong"
+        try Data("wrong-secret".utf8).write(to: URL(fileURLWithPath: wrong))
+        h.followerSecret = wrong
+        try h.startFollower()
+        #expect(waitUntil(10) { h.keeper!.log.contains("refused") })
+        #expect(waitUntil(10) { (try? h.status("b").follower?.lastError)??.contains("authentication") == true })
+        #expect(try h.status("a").keeper?.followerConnected == false)
+        #expect(try h.status("a").keeper?.counters.authFailures ?? 0 >= 1)
+        // And with no secret at all.
+        h.follower!.stop()
+        h.followerSecret = nil
+        try h.startFollower()
+        #expect(waitUntil(10) { (try? h.status("b").follower?.lastError)??.contains("authentication") == true })
+        #expect(try h.status("a").keeper?.followerConnected == false)
+    }
+}
