@@ -22,6 +22,8 @@ public enum Message: Equatable, Sendable {
     case stream([StreamRecord])
     case followerAck(applied: UInt64)
     case ping(endOffset: UInt64, stampNanos: Int64)
+    /// The follower is alive but has nothing to claim (during a full sync).
+    case followerAlive
     // Peer daemon ⇄ daemon
     case peerInfo(active: Bool, epoch: UInt64, runID: UInt64)
 
@@ -50,6 +52,7 @@ public enum Message: Equatable, Sendable {
         case .stream: return 0x23
         case .followerAck: return 0x24
         case .ping: return 0x25
+        case .followerAlive: return 0x26
         case .peerInfo: return 0x30
         }
     }
@@ -78,6 +81,7 @@ public enum Message: Equatable, Sendable {
             for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
         case .followerAck(let a): w.u64(a)
         case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
+        case .followerAlive: break
         case .peerInfo(let active, let epoch, let run): w.u8(active ? 1 : 0); w.u64(epoch); w.u64(run)
         }
         var out = WireWriter()
@@ -134,6 +138,7 @@ public enum Message: Equatable, Sendable {
             m = .stream(recs)
         case 0x24: m = .followerAck(applied: try r.u64())
         case 0x25: m = .ping(endOffset: try r.u64(), stampNanos: try r.i64())
+        case 0x26: m = .followerAlive
         case 0x30: m = .peerInfo(active: try r.u8() != 0, epoch: try r.u64(), runID: try r.u64())
         default: throw .malformed("unknown message type 0x\(String(type, radix: 16))")
         }

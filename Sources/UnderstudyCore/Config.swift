@@ -6,7 +6,9 @@ public struct Config: Sendable {
     public enum Role: String, Sendable { case active, passive }
 
     public var memcached = try! Endpoint(parsing: "127.0.0.1:11211")
-    public var listen = try! Endpoint(parsing: "127.0.0.1:11311")
+    /// Journal port addresses: the node's own (for the peer) and usually the VIP (for taps).
+    /// The VIP may be absent until heartbeat moves it here; it is bound with IP_FREEBIND.
+    public var listen = [try! Endpoint(parsing: "127.0.0.1:11311")]
     public var peer: Endpoint?
     public var peerMemcached: Endpoint?
     public var control = "/run/understudy/control.sock"
@@ -41,7 +43,7 @@ public struct Config: Sendable {
     /// Every key, with the help text `understudy serve --help` prints.
     public static let keys: [(String, String)] = [
         ("memcached", "H:P of the local memcached (default 127.0.0.1:11211)"),
-        ("listen", "H:P of the journal port, for taps and the peer (default 127.0.0.1:11311)"),
+        ("listen", "H:P[,H:P...] of the journal port: the node's address for the peer, the VIP for taps (default 127.0.0.1:11311)"),
         ("peer", "H:P of the peer daemon's journal port"),
         ("peer-memcached", "H:P of the peer's memcached (the active one, when passive)"),
         ("control", "path of the control Unix socket, mode 0600 (default /run/understudy/control.sock)"),
@@ -120,7 +122,15 @@ public struct Config: Sendable {
         }
         switch name {
         case "memcached": memcached = try endpoint()
-        case "listen": listen = try endpoint()
+        case "listen":
+            var list: [Endpoint] = []
+            for part in value.split(separator: ",") {
+                do { list.append(try Endpoint(parsing: String(part).trimmingCharacters(in: " ").description)) } catch {
+                    throw Error("--listen: \(error)")
+                }
+            }
+            guard !list.isEmpty else { throw Error("--listen needs at least one H:P") }
+            listen = list
         case "peer": peer = try endpoint()
         case "peer-memcached": peerMemcached = try endpoint()
         case "control": control = value
@@ -161,11 +171,13 @@ public struct Config: Sendable {
 
     /// Start-up checks that protect the operator (DESIGN §3 Invariant 8, §7 protected mode).
     public func validate() throws(Error) {
-        if listen.isWildcard && !allowWildcard {
-            throw Error("refusing to bind the journal port to the wildcard address \(listen); name an interface address, or pass --allow-wildcard true")
-        }
-        if secretFile == nil && !listen.isLoopback {
-            throw Error("refusing to listen on non-loopback \(listen) without --secret-file: taps and peers must authenticate")
+        for l in listen {
+            if l.isWildcard && !allowWildcard {
+                throw Error("refusing to bind the journal port to the wildcard address \(l); name an interface address, or pass --allow-wildcard true")
+            }
+            if secretFile == nil && !l.isLoopback {
+                throw Error("refusing to listen on non-loopback \(l) without --secret-file: taps and peers must authenticate")
+            }
         }
         if role == .passive && (peer == nil || peerMemcached == nil) {
             throw Error("passive role needs --peer (the keeper's journal port) and --peer-memcached (the active memcached)")

@@ -10,10 +10,7 @@ struct ControlServer {
     let node: Node
 
     func run(_ listener: Listener) {
-        while true {
-            guard let conn = try? listener.accept() else { return }
-            Threads.start("control-conn") { [node] in ControlServer(node: node).serve(conn) }
-        }
+        listener.serve("control") { [node] conn in ControlServer(node: node).serve(conn) }
     }
 
     func serve(_ conn: Socket) {

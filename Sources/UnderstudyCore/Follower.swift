@@ -45,6 +45,15 @@ final class Follower: Sendable {
 
         var pending: Int { queue.count - head }
 
+        /// In sync, like Redis's link "up" with no sync in progress: connected, holding a
+        /// complete copy and applying the stream. How far behind is `lag*`, reported apart.
+        mutating func markStreaming() {
+            guard connected && copyValid && fullSyncReason == nil else { return }
+            phase = "streaming"
+            inSync = true
+            lastInSync = Clock.unixSeconds()
+        }
+
         mutating func needFullSync(_ reason: String) {
             if fullSyncReason == nil { fullSyncReason = reason }
             copyValid = false
@@ -112,6 +121,7 @@ final class Follower: Sendable {
 
     func run() {
         var backoffMs = 100
+        var lastLogged = ""
         var copier: KeyCopier?
         var identities = loadPosition()
         while !stopping {
@@ -119,6 +129,7 @@ final class Follower: Sendable {
                 if copier == nil { copier = try makeCopier() }
                 let ch = try connect()
                 backoffMs = 100
+                lastLogged = ""
                 try follow(ch, copier: copier!, identities: &identities)
             } catch {
                 if case .memcached = error { copier = nil }
@@ -128,7 +139,11 @@ final class Follower: Sendable {
                     s.inSync = false
                     s.phase = "connecting"
                 }
-                if !stopping && !draining { Log.warning("follower", "\(error); retrying in \(backoffMs) ms") }
+                // Log a failure when it changes, not every retry of the same one.
+                if !stopping && !draining && error.description != lastLogged {
+                    Log.warning("follower", "\(error); retrying (every \(backoffMs)–2000 ms while it lasts)")
+                    lastLogged = error.description
+                }
             }
             persist(identities)
             if stopping || draining { break }
@@ -267,6 +282,7 @@ final class Follower: Sendable {
             ch.stream.socket.close()
         }
         Threads.start("follower-stream") { [self] in readStream(ch) }
+        Threads.start("follower-acks") { [self] in ackLoop(ch) }
         var lastCheck: UInt64 = 0
         var lastPersist = Clock.monoNanos()
         while !stopping {
@@ -276,7 +292,6 @@ final class Follower: Sendable {
             }
             if let reason = state.withLock({ $0.fullSyncReason }) {
                 try fullSync(reason: reason, identities: &identities)
-                try ack(ch)
                 continue
             }
             let (batch, live) = state.wait(until: { $0.pending > 0 || !$0.connected || $0.stopping || $0.draining || $0.fullSyncReason != nil },
@@ -288,12 +303,8 @@ final class Follower: Sendable {
                     s.queue.removeFirst(s.head)
                     s.head = 0
                 }
-                if n == 0 && s.connected && s.fullSyncReason == nil {
-                    s.phase = "streaming"
-                    s.inSync = true
-                    s.lastInSync = Clock.unixSeconds()
-                    s.lagMs = 0
-                }
+                if n == 0 && s.connected && s.fullSyncReason == nil { s.lagMs = 0 }
+                s.markStreaming()
                 return (b, s.connected)
             }
             if batch.isEmpty {
@@ -310,13 +321,27 @@ final class Follower: Sendable {
                 continue
             }
             try apply(batch, copier: copier, identities: &identities)
-            try ack(ch)
         }
     }
 
-    func ack(_ ch: JournalChannel) throws(FollowerFailure) {
-        let applied = state.withLock { $0.applied }
-        do { try ch.send(.followerAck(applied: applied)) } catch { throw .journal("ack: \(error)") }
+    /// The connection's only writer: acks the applied offset as soon as it moves, and at
+    /// least every 300 ms — `followerAlive` while a full sync is running — so the keeper can
+    /// tell a silent (dead) follower from a busy one.
+    func ackLoop(_ ch: JournalChannel) {
+        var sent: UInt64?
+        while true {
+            let (applied, valid, live) = state.wait(until: { s in
+                s.stopping || !s.connected || (s.copyValid && s.applied != sent)
+            }, timeoutMs: 300) { s, _ in (s.applied, s.copyValid, s.connected && !s.stopping) }
+            guard live else { return }
+            do {
+                try ch.send(valid ? .followerAck(applied: applied) : .followerAlive)
+            } catch {
+                ch.stream.socket.shutdown()
+                return
+            }
+            if valid { sent = applied }
+        }
     }
 
     /// Applies a batch in journal order. Within a run of plain key records the keys are
@@ -338,7 +363,7 @@ final class Follower: Sendable {
                 s.counters.keysDeleted += UInt64(outcome.deleted)
                 s.counters.applyErrors += UInt64(outcome.errors)
                 s.lagMs = Double(max(0, now - last.stampNanos)) / 1e6
-                s.phase = "streaming"
+                s.markStreaming()
             }
             keys.removeAll(keepingCapacity: true)
             seen.removeAll(keepingCapacity: true)

@@ -22,6 +22,9 @@ final class Keeper: Sendable {
         var followerApplied: UInt64 = 0
         var followerInSync = false
         var followerAddress = ""
+        /// Monotonic time of the follower's last ack; it acks at least every 500 ms, so
+        /// silence means a dead node or link even when TCP has not noticed.
+        var followerLastAck: UInt64 = 0
         var stopping = false
         var counters = KeeperCounters()
     }
@@ -191,6 +194,7 @@ final class Keeper: Sendable {
                 s.followerID += 1
                 s.followerConnection = ch.stream.socket
                 s.followerAddress = ch.stream.socket.remoteAddress
+                s.followerLastAck = Clock.monoNanos()
                 s.followerInSync = false
                 if theirRun == runID && s.backlog.covers(applied + 1) {
                     s.counters.partialResyncs += 1
@@ -207,9 +211,9 @@ final class Keeper: Sendable {
             startOffset = from
             id = newID
             if case .resume = reply {
-                Log.info("keeper", "follower \(ch.peer) resumes from offset \(from) (partial resync)")
+                Log.info("keeper", "follower \(ch.stream.socket.remoteAddress) resumes from offset \(from) (partial resync)")
             } else {
-                Log.info("keeper", "follower \(ch.peer) needs a full sync (its run \(String(theirRun, radix: 16)), offset \(applied)); streaming from \(from)")
+                Log.info("keeper", "follower \(ch.stream.socket.remoteAddress) needs a full sync (its run \(String(theirRun, radix: 16)), offset \(applied)); streaming from \(from)")
             }
         } catch {
             Log.warning("keeper", "follower \(ch.peer): \(error)")
@@ -226,6 +230,8 @@ final class Keeper: Sendable {
         }
     }
 
+    static let followerSilenceLimitMs: UInt64 = 3000
+
     func streamToFollower(_ ch: JournalChannel, from: UInt64, id: Int) {
         var cursor = from
         var lastSend = Clock.monoNanos()
@@ -235,6 +241,11 @@ final class Keeper: Sendable {
                 (s.backlog.read(from: cursor, max: 4096), s.backlog.lastOffset, !s.stopping && s.followerID == id)
             }
             guard live else { return }
+            let silentMs = (Clock.monoNanos() - state.withLock { $0.followerLastAck }) / 1_000_000
+            if silentMs > Self.followerSilenceLimitMs {
+                Log.warning("keeper", "follower \(ch.stream.socket.remoteAddress) silent for \(silentMs) ms; dropping it (sync taps degrade now)")
+                return
+            }
             guard let batch else {
                 Log.warning("keeper", "follower \(ch.peer) fell behind the backlog (needs offset \(cursor)); disconnecting it so it resyncs")
                 return
@@ -258,12 +269,18 @@ final class Keeper: Sendable {
 
     func readFollowerAcks(_ ch: JournalChannel, id: Int) {
         while true {
-            guard case .followerAck(let applied) = try? ch.receive() else {
+            let m = try? ch.receive()
+            if case .followerAlive? = m {
+                state.update { s in if s.followerID == id { s.followerLastAck = Clock.monoNanos() } }
+                continue
+            }
+            guard case .followerAck(let applied)? = m else {
                 ch.stream.socket.shutdown()
                 return
             }
             state.update { s in
                 guard s.followerID == id else { return }
+                s.followerLastAck = Clock.monoNanos()
                 s.followerApplied = max(s.followerApplied, applied)
                 s.followerInSync = true
                 for (tid, var t) in s.taps {

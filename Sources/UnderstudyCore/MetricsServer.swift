@@ -5,10 +5,7 @@ struct MetricsServer {
     let node: Node
 
     func run(_ listener: Listener) {
-        while true {
-            guard let conn = try? listener.accept() else { return }
-            Threads.start("metrics-conn") { [node] in MetricsServer(node: node).serve(conn) }
-        }
+        listener.serve("metrics") { [node] conn in MetricsServer(node: node).serve(conn) }
     }
 
     func serve(_ conn: Socket) {

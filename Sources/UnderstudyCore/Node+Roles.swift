@@ -113,13 +113,13 @@ extension Node {
         if state.withLock({ $0.role == .passive }) { return .success("already passive") }
         guard beginTransition() else { return .failure(StartError(description: "a role change is already in progress")) }
         defer { endTransition() }
-        let (keeper, detector, epoch) = state.withLock { ($0.keeper, $0.detector, $0.persisted.epoch) }
+        let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
         keeper?.stop()
         if let keeper {
             let (orphans, lost) = keeper.orphans()
             if !orphans.isEmpty || lost > 0 {
                 do {
-                    let path = try RecoveryFile.write(orphans: orphans, lostFromBacklog: lost, epoch: epoch, runID: keeper.runID,
+                    let path = try RecoveryFile.write(orphans: orphans, lostFromBacklog: lost, epoch: keeper.epoch, runID: keeper.runID,
                                                       memcached: config.memcached, dir: config.stateDir)
                     state.update { $0.lastRecoveryFile = path }
                     Log.warning("node", "\(orphans.count) journal records were never applied by a follower; saved to \(path)")

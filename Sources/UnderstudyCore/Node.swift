@@ -20,7 +20,7 @@ public final class Node: Sendable {
 
     public let config: Config
     let secret: [UInt8]
-    let journalListener: Listener
+    let journalListeners: [Listener]
     let controlListener: Listener
     let metricsListener: Listener?
     let state: Monitor<State>
@@ -49,7 +49,7 @@ public final class Node: Sendable {
             throw StartError(description: "state dir \(config.stateDir): \(error)")
         }
         do {
-            journalListener = try Listener.tcp(config.listen)
+            journalListeners = try config.listen.map { (e) throws(SystemError) in try Listener.tcp(e, freeBind: true) }
             try Sys.mkdir(Files.directory(of: config.control), 0o700)
             controlListener = try Listener.unix(path: config.control, mode: 0o600)
             metricsListener = try config.metrics.map { (e) throws(SystemError) in try Listener.tcp(e) }
@@ -59,18 +59,20 @@ public final class Node: Sendable {
         state = Monitor(State(role: config.role, persisted: persisted))
     }
 
-    public var journalPort: UInt16 { journalListener.port }
+    public var journalPort: UInt16 { journalListeners[0].port }
     public var metricsPort: UInt16? { metricsListener?.port }
 
     public func start() {
         let role = state.withLock { $0.role }
-        Log.info("node", "starting as \(role.rawValue), epoch \(state.withLock { $0.persisted.epoch }); journal \(config.listen) (port \(journalPort)), control \(config.control)")
+        Log.info("node", "starting as \(role.rawValue), epoch \(state.withLock { $0.persisted.epoch }); journal \(config.listen.map(\.description).joined(separator: ",")) (port \(journalPort)), control \(config.control)")
         if role == .active {
             _ = promote(reason: "--role active")
         } else {
             startFollower()
         }
-        Threads.start("journal-accept") { [self] in acceptJournal() }
+        for l in journalListeners {
+            Threads.start("journal-accept") { [self] in l.serve("journal") { [self] conn in serveJournal(conn) } }
+        }
         if config.peer != nil { Threads.start("peer-probe") { [self] in probePeerLoop() } }
         Threads.start("control-accept") { [self] in ControlServer(node: self).run(controlListener) }
         if let m = metricsListener { Threads.start("metrics-accept") { [self] in MetricsServer(node: self).run(m) } }
@@ -83,7 +85,7 @@ public final class Node: Sendable {
             return (s.keeper, s.follower, s.detector)
         }
         detector?.stop()
-        journalListener.close()
+        for l in journalListeners { l.close() }
         controlListener.close()
         metricsListener?.close()
         keeper?.stop()
@@ -101,27 +103,12 @@ public final class Node: Sendable {
             phase = follower?.phase ?? "idle"
         }
         return NodeStatus(role: role.rawValue, epoch: persisted.epoch, state: phase, memcached: config.memcached.description,
-                          listen: config.listen.description, peer: config.peer?.description, keeper: keeper?.snapshot,
+                          listen: config.listen.map(\.description).joined(separator: ","), peer: config.peer?.description, keeper: keeper?.snapshot,
                           follower: follower?.snapshot, lastInSync: follower?.lastInSync ?? persisted.lastInSync,
                           recoveryFile: recovery)
     }
 
     // MARK: journal port
-
-    func acceptJournal() {
-        while true {
-            let conn: Socket
-            do { conn = try journalListener.accept() } catch {
-                if state.withLock({ $0.stopping }) { return }
-                if error.errno == EMFILE || error.errno == ENFILE {
-                    Clock.sleep(milliseconds: 100)
-                    continue
-                }
-                return
-            }
-            Threads.start("journal-conn") { [self] in serveJournal(conn) }
-        }
-    }
 
     func serveJournal(_ conn: Socket) {
         defer { conn.close() }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A listening socket. `close()` from another thread (via `shutdown`) ends a blocked `accept`.
 public final class Listener: Sendable {
@@ -15,13 +16,17 @@ public final class Listener: Sendable {
 
     /// Binds exactly the address given. Wildcards must be spelled out by the caller, which is
     /// where the "nothing on all interfaces unless told to" policy is enforced.
-    public static func tcp(_ endpoint: Endpoint, backlog: Int32 = 512) throws(SystemError) -> Listener {
+    ///
+    /// `freeBind` sets IP_FREEBIND so an address that is not (yet) on this host can be bound:
+    /// the VIP, which heartbeat moves here only when this node becomes active.
+    public static func tcp(_ endpoint: Endpoint, backlog: Int32 = 512, freeBind: Bool = false) throws(SystemError) -> Listener {
         guard let addr = try endpoint.resolve().first else {
             throw SystemError(errno: EADDRNOTAVAIL, operation: "resolve \(endpoint)")
         }
         let fd = try Sys.socket(addr.family, Int32(SOCK_STREAM.rawValue), endpoint.description)
         let socket = Socket(fd: fd, peer: endpoint.description)
         try Sys.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR \(endpoint)")
+        if freeBind { try Sys.setOption(fd, Int32(IPPROTO_IP), 15 /* IP_FREEBIND */, 1, "IP_FREEBIND \(endpoint)") }
         try addr.withSockaddr { (sa, len) throws(SystemError) in try Sys.bind(fd, sa, len, endpoint.description) }
         try Sys.listen(fd, backlog, endpoint.description)
         return Listener(socket: socket, name: endpoint.description, port: boundPort(fd))
@@ -70,8 +75,33 @@ public final class Listener: Sendable {
     }
 
     public func close() {
+        closed.store(true, ordering: .releasing)
         socket.shutdown()
         socket.close()
+    }
+
+    private let closed = Atomic<Bool>(false)
+
+    /// Accepts until `close()`, handing each connection to `handle` on its own thread.
+    ///
+    /// Transient failures (a client that aborted, EMFILE, ENOBUFS) are logged and retried
+    /// after a short pause: one bad moment must not leave a port that accepts into its
+    /// backlog but never answers.
+    public func serve(_ name: String, _ handle: @escaping @Sendable (Socket) -> Void) {
+        var lastError = ""
+        while !closed.load(ordering: .acquiring) {
+            do {
+                let conn = try accept()
+                Threads.start(name) { handle(conn) }
+            } catch {
+                if closed.load(ordering: .acquiring) { return }
+                if error.description != lastError {
+                    Log.error(name, "\(error); retrying")
+                    lastError = error.description
+                }
+                Clock.sleep(milliseconds: 50)
+            }
+        }
     }
 }
 

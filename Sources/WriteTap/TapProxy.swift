@@ -1,4 +1,3 @@
-import Glibc
 import JournalWire
 import MemcacheClient
 import MemcacheProtocol
@@ -69,29 +68,16 @@ public final class TapProxy: Sendable {
     }
 
     func acceptLoop() {
-        while true {
-            let client: Socket
-            do {
-                client = try listener.accept()
-            } catch {
-                if error.errno == EMFILE || error.errno == ENFILE {
-                    Log.error("tap", "\(error); pausing accepts")
-                    Clock.sleep(milliseconds: 100)
-                    continue
-                }
-                return
-            }
+        listener.serve("tap") { [self] client in
             accepted.add(1, ordering: .relaxed)
+            sessions.add(1, ordering: .relaxed)
             openClients.withLock { $0[client.fd] = client }
-            Threads.start("tap-client") { [self] in
-                sessions.add(1, ordering: .relaxed)
-                defer {
-                    sessions.subtract(1, ordering: .relaxed)
-                    openClients.withLock { _ = $0.removeValue(forKey: client.fd) }
-                    client.close()
-                }
-                serve(client)
+            defer {
+                sessions.subtract(1, ordering: .relaxed)
+                openClients.withLock { _ = $0.removeValue(forKey: client.fd) }
+                client.close()
             }
+            serve(client)
         }
     }
 

@@ -131,7 +131,7 @@ struct JournalWireTests {
         .tapAck(seq: 3), .tapApplied(seq: 4), .tapGap(fromSeq: 10, lost: 5), .syncState(followerInSync: true),
         .follow(runID: 1, applied: 2, epoch: 3), .resume(runID: 1, from: 3), .fullSync(runID: 1, from: 1),
         .stream([StreamRecord(offset: 9, stampNanos: -1, op: .gap, key: [])]),
-        .followerAck(applied: 8), .ping(endOffset: 1, stampNanos: 2), .peerInfo(active: true, epoch: 4, runID: 5),
+        .followerAck(applied: 8), .ping(endOffset: 1, stampNanos: 2), .peerInfo(active: true, epoch: 4, runID: 5), .followerAlive,
     ]
 
     @Test(arguments: samples)

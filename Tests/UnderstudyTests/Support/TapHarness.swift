@@ -74,10 +74,12 @@ func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
 
 /// Runs an external client program and returns its stdout; throws with its output on failure.
 @discardableResult
-func runTool(_ exe: String, _ args: [String], stdin: String? = nil, timeout: Double = 60) throws -> String {
+func runTool(_ exe: String, _ args: [String], stdin: String? = nil, timeout: Double = 60,
+             environment: [String: String]? = nil) throws -> String {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: exe)
     p.arguments = args
+    if let environment { p.environment = environment }
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out

@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# failover-lab.sh - Understudy under real heartbeat 3.0.6, in network namespaces.
+#
+# Two cluster nodes (usA 10.78.0.1, usB 10.78.0.2), each with memcached, `understudy serve`
+# and heartbeat (v1 haresources: "usa understudy IPaddr2::VIP"), and a client namespace
+# (usC) running `understudy tap` against the VIP in sync mode plus a writer that records
+# every acknowledged write. Everything lives in namespaces this script creates; the host's
+# network is never touched. Adapted from the lab recipe in the project's DESIGN notes.
+#
+#   failover-lab.sh check        exit 0 if this machine can run the lab, else print why
+#   failover-lab.sh run          the whole scenario: crash, rejoin, partition/heal;
+#                                prints RESULT key=value lines, exits 0 if all checks pass
+#   failover-lab.sh down         kill everything in the lab namespaces (by pid), delete them
+#
+# Environment: UNDERSTUDY_BIN (the built binary), PYTHON (a python3 with pymemcache),
+# LAB_STATE (default /tmp/understudy-lab), MAX_SECONDS (watchdog, default 240).
+set -u
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+RA=$HERE/../understudy
+BIN=${UNDERSTUDY_BIN:-/usr/local/bin/understudy}
+PYTHON=${PYTHON:-python3}
+STATE=${LAB_STATE:-/tmp/understudy-lab}
+MAX_SECONDS=${MAX_SECONDS:-240}
+NET=10.78.0
+VIP=$NET.100
+HB=/usr/libexec/heartbeat/heartbeat
+NODES="usA usB"
+ALL_NS="usA usB usC usNet"
+SECRET=$STATE/secret
+FAILS=0
+
+host_of() { case $1 in usA) echo usa;; usB) echo usb;; usC) echo usc;; esac; }
+ip_of()   { case $1 in usA) echo $NET.1;; usB) echo $NET.2;; usC) echo $NET.3;; esac; }
+peer_of() { case $1 in usA) echo usB;; usB) echo usA;; esac; }
+
+T0=$(date +%s.%N)
+now() { date +%s.%N; }
+el()  { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN{printf "%.2f", b-a}'; }
+log() { printf '[%6ss] %s\n' "$(el "$T0")" "$*"; }
+result() { echo "RESULT $*"; }
+check() {  # check NAME CONDITION-CMD...
+    local name=$1; shift
+    if "$@"; then result "$name=ok"; else result "$name=FAIL"; FAILS=$((FAILS + 1)); fi
+}
+ns_exists() { [ -e "/run/netns/$1" ]; }
+
+wait_until() {  # wait_until SECONDS CMD...  (polls every 100 ms)
+    local to=$1; shift
+    local end; end=$(awk -v n="$(now)" -v t="$to" 'BEGIN{printf "%.3f", n+t}')
+    while :; do
+        "$@" && return 0
+        awk -v n="$(now)" -v e="$end" 'BEGIN{exit !(n>e)}' && return 1
+        sleep 0.1
+    done
+}
+
+can_run() {
+    [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, bind mounts)"; return 1; }
+    local b
+    for b in "$HB" /usr/lib/ocf/resource.d/heartbeat/IPaddr2 /usr/bin/unshare /usr/bin/nsenter /usr/bin/memcached "$BIN"; do
+        [ -x "$b" ] || { echo "missing $b (apt-get install heartbeat resource-agents memcached)"; return 1; }
+    done
+    "$PYTHON" -c 'import pymemcache' 2>/dev/null || { echo "$PYTHON has no pymemcache"; return 1; }
+    ip netns add usProbe 2>/dev/null || { echo "cannot create network namespaces here (ip netns add failed)"; return 1; }
+    ip netns del usProbe
+    unshare --mount --uts true 2>/dev/null || { echo "cannot create mount/UTS namespaces here"; ip netns del usProbe 2>/dev/null; return 1; }
+    return 0
+}
+
+net_up() {
+    local ns
+    for ns in $ALL_NS; do ns_exists "$ns" && { log "namespace $ns exists: run down first"; return 1; }; done
+    for ns in $ALL_NS; do ip netns add "$ns" || return 1; done
+    ip -n usNet link set lo up
+    ip -n usNet link add br0 type bridge forward_delay 0 stp_state 0
+    ip -n usNet link set br0 up
+    for ns in usA usB usC; do
+        ip -n usNet link add "p$ns" type veth peer name eth0 netns "$ns"
+        ip -n usNet link set "p$ns" master br0
+        ip -n usNet link set "p$ns" up
+        ip -n "$ns" link set lo up
+        ip -n "$ns" addr add "$(ip_of "$ns")/24" brd + dev eth0
+        ip -n "$ns" link set eth0 up
+    done
+    wait_until 5 ip netns exec usA ping -c1 -W1 -q "$(ip_of usB)" >/dev/null 2>&1
+}
+
+fresh_run_dir() {
+    local d=$1/run
+    rm -rf "$d"; mkdir -p "$d/heartbeat/ccm" "$d/heartbeat/crm" "$d/heartbeat/dopd" "$d/crm" "$d/resource-agents" "$d/lock" "$d/understudy"
+    chown -R hacluster:haclient "$d/heartbeat" "$d/crm"
+    chmod 750 "$d/heartbeat" "$d/heartbeat/ccm" "$d/heartbeat/crm" "$d/heartbeat/dopd" "$d/crm"
+    chmod 1777 "$d/lock"; chmod 1755 "$d/resource-agents"; chmod 700 "$d/understudy"
+    ln -s /dev/shm "$d/shm"
+}
+
+node_prepare() {
+    local ns=$1 d=$STATE/$1 peer
+    peer=$(peer_of "$ns")
+    rm -rf "$d"; mkdir -p "$d/log" "$d/state"
+    cp -a /etc/ha.d "$d/etc-ha.d"
+    cp -a /var/lib/heartbeat "$d/varlib"
+    fresh_run_dir "$d"
+    cat > "$d/etc-ha.d/ha.cf" <<HA
+logfile $d/log/ha-log
+debugfile $d/log/ha-debug
+logfacility none
+use_logd no
+udpport 694
+keepalive 200ms
+warntime 500ms
+deadtime 1
+initdead 10
+ucast eth0 $(ip_of "$peer")
+auto_failback off
+node usa
+node usb
+crm off
+HA
+    printf 'auth 1\n1 sha1 understudy-lab-not-a-secret\n' > "$d/etc-ha.d/authkeys"
+    chmod 600 "$d/etc-ha.d/authkeys"
+    echo "usa understudy IPaddr2::$VIP/24/eth0" > "$d/etc-ha.d/haresources"
+    sed "s#^BIN=.*#BIN=$BIN#" "$RA" > "$d/etc-ha.d/resource.d/understudy"
+    chmod 755 "$d/etc-ha.d/resource.d/understudy"
+}
+
+memcached_start() {
+    local ns=$1 d=$STATE/$1
+    ip netns exec "$ns" /usr/bin/memcached -u memcache -l 0.0.0.0 -p 11211 -U 0 -m 64 \
+        >> "$d/log/memcached.log" 2>&1 &
+    disown $!
+    wait_until 5 mc_ok "$ns" 127.0.0.1
+}
+
+mc_ok() { ip netns exec "$1" timeout 1 bash -c 'exec 3<>/dev/tcp/$0/11211 && printf "version\r\n" >&3 && read -r l <&3 && [ "${l#VERSION}" != "$l" ]' "$2" 2>/dev/null; }
+
+# The daemon and heartbeat run in the node's own mount + UTS namespace (its /run, /etc/ha.d).
+node_start() {
+    local ns=$1 d=$STATE/$1 peer
+    peer=$(peer_of "$ns")
+    timeout 20 ip netns exec "$ns" unshare --mount --uts --propagation private -- /bin/sh -c '
+        set -e
+        hostname "$1"
+        mount --bind "$2/etc-ha.d" /etc/ha.d
+        mount --bind "$2/varlib"   /var/lib/heartbeat
+        mount --bind "$2/run"      /run
+        ulimit -l unlimited 2>/dev/null || true
+        setsid "$4" serve --role passive --memcached 127.0.0.1:11211 --listen "$5:11311,$8:11311" \
+            --peer "$6:11311" --peer-memcached "$6:11211" --secret-file "$7" \
+            --control /run/understudy/control.sock --state-dir "$2/state" \
+            --probe-interval 200 --probe-failures 5 >> "$2/log/understudy.log" 2>&1 < /dev/null &
+        i=0; while [ ! -S /run/understudy/control.sock ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+        exec "$3"
+    ' lab-node "$(host_of "$ns")" "$d" "$HB" "$BIN" "$(ip_of "$ns")" "$(ip_of "$peer")" "$SECRET" "$VIP" \
+        >> "$d/log/start.out" 2>&1 || { log "start of $ns failed: $(tail -3 "$d/log/start.out")"; return 1; }
+}
+
+hb_pid() { tr -dc 0-9 < "$STATE/$1/run/heartbeat.pid" 2>/dev/null; }
+on_node() { local ns=$1; shift; local p; p=$(hb_pid "$ns"); [ -n "$p" ] && nsenter -t "$p" -m -u -n -- "$@"; }
+status_of() { on_node "$1" "$BIN" status --control /run/understudy/control.sock 2>/dev/null; }
+role_of() { status_of "$1" | sed -n 's/^role://p'; }
+field_of() { status_of "$1" | sed -n "s/^$2://p"; }
+is_active() { [ "$(role_of "$1")" = active ]; }
+is_passive_in_sync() { [ "$(role_of "$1")" = passive ] && [ "$(field_of "$1" in_sync)" = true ]; }
+has_vip() { ip -n "$1" -o -4 addr show dev eth0 2>/dev/null | grep -q " $VIP/"; }
+actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); done; echo $c; }
+one_active() { [ "$(actives)" = 1 ]; }
+node_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }
+
+node_crash() {
+    local pids; pids=$(node_pids "$1")
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+    ip -n "$1" link set eth0 down
+}
+
+node_rejoin() {  # a rebooted node: no VIP, empty /run, empty memcached; state dir survives
+    local ns=$1 p
+    for p in $(node_pids "$ns"); do kill -KILL "$p" 2>/dev/null; done
+    ip -n "$ns" addr del "$VIP/24" dev eth0 2>/dev/null
+    fresh_run_dir "$STATE/$ns"
+    ip -n "$ns" link set eth0 up
+    memcached_start "$ns" && node_start "$ns"
+}
+
+client_start() {
+    local d=$STATE/usC; mkdir -p "$d"
+    ip netns exec usC "$BIN" tap --listen 127.0.0.1:11212 --memcached "$VIP:11211" --journal "$VIP:11311" \
+        --secret-file "$SECRET" --mode sync --sync-timeout 2000 >> "$d/tap.log" 2>&1 &
+    disown $!
+    wait_until 10 grep -q "ready" "$d/tap.log"
+}
+
+writer_start() {  # writer_start PREFIX
+    local d=$STATE/usC
+    rm -f "$d/stop-$1"
+    ip netns exec usC "$PYTHON" "$HERE/writer.py" 127.0.0.1:11212 "$d/writes-$1.log" "$d/stop-$1" 120 "$1" >> "$d/writer.out" 2>&1 &
+    disown $!
+}
+writer_stop() { touch "$STATE/usC/stop-$1"; sleep 0.5; }
+
+# Every acknowledged write of PREFIX, read back through the VIP; a write that is not there
+# must be in a recovery file with its value. Prints "acked lost recovered first-lost-keys".
+acked_lost() {
+    local prefix=$1; shift
+    ip netns exec usC "$PYTHON" - "$STATE/usC/writes-$prefix.log" "$VIP" "$@" <<'PY'
+import base64, json, sys
+from pymemcache.client.base import Client
+acked = {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if p[0] == "ack": acked[p[2]] = p[3]
+saved = {}
+for f in sys.argv[3:]:
+    for line in open(f):
+        o = json.loads(line)
+        if "key_b64" in o and o.get("found"):
+            saved[base64.b64decode(o["key_b64"]).decode()] = base64.b64decode(o["value_b64"]).decode()
+c = Client((sys.argv[2], 11211), timeout=3)
+missing = [k for k, v in acked.items() if (c.get(k) or b"").decode() != v]
+recovered = [k for k in missing if saved.get(k) == acked[k]]
+lost = [k for k in missing if k not in recovered]
+print(len(acked), len(lost), len(recovered), " ".join(lost[:5]))
+PY
+}
+
+teardown() {
+    local ns pids i
+    for ns in $ALL_NS; do
+        ns_exists "$ns" || continue
+        for i in 1 2 3 4 5; do
+            pids=$(node_pids "$ns")
+            [ -z "$pids" ] && break
+            kill -KILL $pids 2>/dev/null
+            sleep 0.2
+        done
+        ip netns del "$ns" 2>/dev/null
+    done
+}
+
+scenario() {
+    rm -rf "$STATE"; mkdir -p "$STATE"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$SECRET"; chmod 600 "$SECRET"
+    net_up || { log "network setup failed"; return 1; }
+    local ns
+    for ns in $NODES; do node_prepare "$ns"; memcached_start "$ns" || return 1; done
+    for ns in $NODES; do node_start "$ns" || return 1; done
+    log "nodes up; waiting for heartbeat's first acquisition (about 10 s, hard-coded)"
+    wait_until 40 has_vip usA || { log "usa never took the VIP"; return 1; }
+    check initial_active_is_a is_active usA
+    check initial_b_passive_in_sync wait_until 20 is_passive_in_sync usB
+    client_start || { log "tap did not start"; return 1; }
+
+    # 1. crash the active node while writes flow
+    writer_start crash
+    sleep 3
+    local tcrash; tcrash=$(now)
+    node_crash usA
+    log "crashed usa (every process SIGKILLed, link down)"
+    wait_until 30 has_vip usB && log "VIP on usb after $(el "$tcrash")s"
+    check b_active_after_crash wait_until 10 is_active usB
+    # RTO: from the kill to the first write acknowledged after the outage was first seen
+    # (the first failed write), i.e. the first write that landed on usb.
+    local ack_after
+    first_ack_after_outage() { awk -v t="$tcrash" '$2>t && $1=="err" {e=1} e && $1=="ack" {print $2; exit}' "$STATE/usC/writes-crash.log"; }
+    wait_until 30 bash -c "[ -n \"\$(awk -v t=$tcrash '\$2>t && \$1==\"err\" {e=1} e && \$1==\"ack\" {print; exit}' $STATE/usC/writes-crash.log)\" ]"
+    ack_after=$(first_ack_after_outage)
+    [ -n "$ack_after" ] && result "rto_seconds=$(el "$tcrash" "$ack_after")"
+    sleep 1
+    writer_stop crash
+    local res; res=$(acked_lost crash)
+    result "crash_acked=$(echo "$res" | cut -d' ' -f1) crash_lost=$(echo "$res" | cut -d' ' -f2)"
+    check crash_no_acked_write_lost [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    result "b_epoch_after_crash=$(field_of usB epoch)"
+
+    # 2. the old active comes back: follower, full sync, never active on stale data
+    node_rejoin usA || return 1
+    log "usa rejoined"
+    writer_start rejoin
+    check a_rejoins_as_passive_in_sync wait_until 60 is_passive_in_sync usA
+    check a_did_full_sync [ "$(field_of usA full_syncs)" -ge 1 ]
+    check b_still_active is_active usB
+    sleep 1
+    writer_stop rejoin
+    sleep 1
+    check a_copy_verifies on_node usA "$BIN" verify --active "$(ip_of usB):11211" --passive 127.0.0.1:11211
+
+    # 3. partition usb (the active) from everyone but the client? Cut usa off, then heal.
+    writer_start part
+    sleep 1
+    ip -n usNet link set pusA down
+    log "partitioned usa"
+    wait_until 30 is_active usA && log "usa took over during the partition (split brain, as heartbeat v1 does)"
+    sleep 3
+    ip -n usNet link set pusA up
+    log "healed"
+    writer_stop part
+    # Heartbeat restarts both after a partition and the home node takes over again (~18 s);
+    # Understudy's own probe makes the lower epoch step down within a second or two.
+    wait_until 60 one_active
+    sleep 20
+    local n; n=$(actives)
+    result "actives_after_heal=$n"
+    check exactly_one_active [ "$n" = 1 ]
+    local rec
+    rec=$(ls "$STATE"/usA/state/recovery-* "$STATE"/usB/state/recovery-* 2>/dev/null | tr '\n' ' ')
+    result "recovery_files=${rec:-none}"
+    # No write acknowledged during the partition is lost silently: it is on the surviving
+    # active, or in the recovery file of the node that stepped down.
+    res=$(acked_lost part $rec)
+    result "partition_acked=$(echo "$res" | cut -d' ' -f1) partition_lost=$(echo "$res" | cut -d' ' -f2) partition_in_recovery_file=$(echo "$res" | cut -d' ' -f3)"
+    check partition_no_write_lost_silently [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    for ns in $NODES; do result "final_$ns: role=$(role_of "$ns") epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
+    return 0
+}
+
+WD=""
+run() {
+    local why
+    if ! why=$(can_run); then echo "SKIP $why"; exit 77; fi
+    # Watchdog: the whole run is bounded by MAX_SECONDS.
+    # Its output goes nowhere: a sleeping child holding our stdout open would keep whoever
+    # reads this script's output waiting for the full MAX_SECONDS.
+    ( trap 'kill $sp 2>/dev/null; exit 0' TERM; sleep "$MAX_SECONDS" & sp=$!; wait $sp && kill -TERM $$ ) >/dev/null 2>&1 &
+    WD=$!
+    trap 'log "watchdog or interrupt: tearing down"; teardown; exit 124' TERM INT
+    trap '[ -n "$WD" ] && kill $WD 2>/dev/null; teardown' EXIT
+    teardown
+    scenario || FAILS=$((FAILS + 1))
+    result "failures=$FAILS"
+    log "lab finished in $(el "$T0")s; logs in $STATE"
+    [ "$FAILS" = 0 ]
+}
+
+case ${1:-run} in
+    check) if why=$(can_run); then echo ok; else echo "$why"; exit 1; fi ;;
+    run) run ;;
+    down) teardown ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
+esac
