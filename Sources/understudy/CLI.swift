@@ -14,6 +14,7 @@ enum CLI {
         ("demote", "make this node passive and follow the peer (heartbeat 'stop')"),
         ("resync", "force a full sync on a follower"),
         ("verify", "compare every key of two memcacheds; exit 1 on any difference"),
+        ("demo", "run a pair on loopback: replicate, verify, fail over (needs memcached)"),
     ]
 
     static func usage() -> String {
@@ -36,6 +37,7 @@ enum CLI {
         case "tap": return TapCommand.run(rest)
         case "status", "promote", "demote", "resync": return ControlCommand.run(cmd, rest)
         case "verify": return VerifyCommand.run(rest)
+        case "demo": return DemoCommand.run(rest)
         default:
             printError("unknown command '\(cmd)'\n\n" + usage())
             return 64
