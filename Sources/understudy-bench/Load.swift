@@ -1,0 +1,158 @@
+import Foundation
+import MemcacheClient
+import UnderstudyPosix
+
+/// A key-value client the load generators drive: memcached (direct, tap, twemproxy) or Redis.
+protocol KV: AnyObject {
+    func set(_ key: String, _ value: [UInt8]) throws
+    /// True if the key exists.
+    func exists(_ key: String) throws -> Bool
+    func get(_ key: String) throws
+}
+
+final class MemcacheKV: KV {
+    let c: MemcacheConnection
+    init(_ ep: Endpoint) throws { c = try MemcacheConnection(ep, ioTimeoutMs: 10_000) }
+    func set(_ key: String, _ value: [UInt8]) throws {
+        let r = try c.set(Array(key.utf8), value)
+        if r != .stored { throw BenchError("set \(key): \(r)") }
+    }
+    func exists(_ key: String) throws -> Bool { try c.get(Array(key.utf8)) != nil }
+    func get(_ key: String) throws { _ = try c.get(Array(key.utf8)) }
+}
+
+/// Just enough RESP for SET and EXISTS.
+final class RedisKV: KV {
+    let s: ByteStream
+    init(_ ep: Endpoint) throws {
+        let sock = try Socket.connect(to: ep, timeoutMs: 2000)
+        try sock.setIOTimeout(milliseconds: 10_000)
+        s = ByteStream(sock)
+    }
+    func command(_ parts: [[UInt8]]) throws -> [UInt8] {
+        s.write("*\(parts.count)\r\n")
+        for p in parts {
+            s.write("$\(p.count)\r\n")
+            s.write(p)
+            s.write("\r\n")
+        }
+        try s.flush()
+        let line = try s.readLine()
+        if line.first == UInt8(ascii: "$"), let n = Int(String(decoding: line.dropFirst(), as: UTF8.self)), n >= 0 {
+            _ = try s.readExact(n + 2)
+        }
+        return line
+    }
+    func set(_ key: String, _ value: [UInt8]) throws {
+        let r = try command([Array("SET".utf8), Array(key.utf8), value])
+        if r != Array("+OK".utf8) { throw BenchError("redis SET: \(String(decoding: r, as: UTF8.self))") }
+    }
+    func exists(_ key: String) throws -> Bool { try command([Array("EXISTS".utf8), Array(key.utf8)]) == Array(":1".utf8) }
+    func get(_ key: String) throws { _ = try command([Array("GET".utf8), Array(key.utf8)]) }
+}
+
+/// Writes at a fixed rate (or flat out with rate 0) from `threads` connections for `seconds`;
+/// every `probeEvery`-th acknowledged key is checked on `replica` until it appears there,
+/// which gives the replication lag from the active's ack to readable on the passive.
+struct LagRun {
+    var achievedRate = 0.0
+    var lagsMs: [Double] = []
+    var timeouts = 0
+}
+
+func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping @Sendable () throws -> any KV,
+            rate: Double, threads: Int, seconds: Double, probeEvery: Int, valueSize: Int = 100, prefix: String) throws -> LagRun {
+    let probes = Monitor<(queue: [(String, UInt64)], done: Bool)>(([], false))
+    let results = Monitor<(lags: [Double], timeouts: Int, ops: Int)>(([], 0, 0))
+    let value = [UInt8](repeating: 0x61, count: valueSize)
+    let start = Clock.monoNanos()
+    let endAt = start + UInt64(seconds * 1e9)
+    let prober = Thread {
+        guard let r = try? replica() else { return }
+        while true {
+            let next = probes.wait(until: { !$0.queue.isEmpty || $0.done }, timeoutMs: 100) { s, _ -> (String, UInt64)? in
+                s.queue.isEmpty ? nil : s.queue.removeFirst()
+            }
+            guard let (key, acked) = next else {
+                if probes.withLock({ $0.done && $0.queue.isEmpty }) { break }
+                continue
+            }
+            let giveUp = Clock.monoNanos() + 10_000_000_000
+            var found = false
+            while Clock.monoNanos() < giveUp {
+                if (try? r.exists(key)) == true { found = true; break }
+            }
+            let now = Clock.monoNanos()
+            results.update { s in
+                if found { s.lags.append(Double(now - acked) / 1e6) } else { s.timeouts += 1 }
+            }
+        }
+        results.update { _ in }
+    }
+    prober.start()
+    let group = DispatchGroup()
+    for t in 0..<threads {
+        group.enter()
+        Thread {
+            defer { group.leave() }
+            guard let w = try? writer() else { return }
+            let perThread = rate / Double(threads)
+            var i = 0
+            while true {
+                let now = Clock.monoNanos()
+                if now >= endAt { break }
+                if perThread > 0 {
+                    let due = start + UInt64(Double(i) / perThread * 1e9)
+                    if due > now { usleep(UInt32(min(10_000, (due - now) / 1000))); continue }
+                }
+                let key = "\(prefix)-\(t)-\(i)"
+                do { try w.set(key, value) } catch { break }
+                let acked = Clock.monoNanos()
+                if i % probeEvery == 0 { probes.update { $0.queue.append((key, acked)) } }
+                i += 1
+            }
+            results.update { $0.ops += i }
+        }.start()
+    }
+    group.wait()
+    let elapsed = Double(Clock.monoNanos() - start) / 1e9
+    probes.update { $0.done = true }
+    _ = results.wait(until: { _ in prober.isFinished }, timeoutMs: 30_000) { _, _ in 0 }
+    while !prober.isFinished { usleep(10_000) }
+    let r = results.withLock { $0 }
+    return LagRun(achievedRate: Double(r.ops) / elapsed, lagsMs: r.lags, timeouts: r.timeouts)
+}
+
+/// Round-trip throughput and latency: `threads` connections doing gets or sets for `seconds`.
+func roundTrips(_ make: @escaping @Sendable () throws -> any KV, threads: Int, seconds: Double, sets: Bool) throws -> (ops: Double, p50: Double, p99: Double) {
+    let results = Monitor<(lat: [Double], ops: Int)>(([], 0))
+    let value = [UInt8](repeating: 0x62, count: 100)
+    if let w = try? make() { for i in 0..<1000 { try w.set("rt-\(i)", value) } }
+    let group = DispatchGroup()
+    let start = Clock.monoNanos()
+    let endAt = start + UInt64(seconds * 1e9)
+    for t in 0..<threads {
+        group.enter()
+        Thread {
+            defer { group.leave() }
+            guard let c = try? make() else { return }
+            var lat: [Double] = []
+            lat.reserveCapacity(200_000)
+            var i = t
+            while Clock.monoNanos() < endAt {
+                let a = Clock.monoNanos()
+                do {
+                    if sets { try c.set("rt-\(i % 1000)", value) } else { try c.get("rt-\(i % 1000)") }
+                } catch { break }
+                lat.append(Double(Clock.monoNanos() - a) / 1000)
+                i += threads
+            }
+            let l = lat
+            results.update { $0.lat += l; $0.ops += l.count }
+        }.start()
+    }
+    group.wait()
+    let elapsed = Double(Clock.monoNanos() - start) / 1e9
+    let r = results.withLock { $0 }
+    return (Double(r.ops) / elapsed, percentile(r.lat, 0.5), percentile(r.lat, 0.99))
+}

@@ -1,0 +1,102 @@
+import Foundation
+import MemcacheClient
+import UnderstudyPosix
+
+/// Processes the benchmark starts and stops by pid: memcached, the understudy binary, redis,
+/// twemproxy. Everything listens on loopback only.
+final class Spawned {
+    let process = Process()
+    let name: String
+
+    init(_ exe: String, _ args: [String], name: String, log: String) throws {
+        self.name = name
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let h = FileHandle(forWritingAtPath: log)
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = args
+        process.standardOutput = h
+        process.standardError = h
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    var rssKiB: Int {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+        for line in s.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+        }
+        return 0
+    }
+
+    deinit { stop() }
+}
+
+enum Env {
+    static let dir: String = {
+        let d = NSTemporaryDirectory() + "understudy-bench-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }()
+
+    static func which(_ tool: String) -> String? {
+        for d in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(d)/\(tool)") {
+            return "\(d)/\(tool)"
+        }
+        return nil
+    }
+
+    static var understudy: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("understudy").path
+    }
+
+    static func port() -> UInt16 {
+        guard let l = try? Listener.tcp(Endpoint(host: "127.0.0.1", port: 0)) else { return 0 }
+        defer { l.close() }
+        return l.port
+    }
+
+    static func memcached(memoryMB: Int = 2048) throws -> (Spawned, Endpoint) {
+        guard let bin = which("memcached") else { throw BenchError("memcached not installed") }
+        let p = port()
+        let s = try Spawned(bin, ["-p", String(p), "-l", "127.0.0.1", "-U", "0", "-m", String(memoryMB), "-t", "2"]
+                            + (getuid() == 0 ? ["-u", "root"] : []), name: "memcached-\(p)", log: "\(dir)/memcached-\(p).log")
+        let e = Endpoint(host: "127.0.0.1", port: p)
+        try waitConnectable(e)
+        return (s, e)
+    }
+
+    static func waitConnectable(_ e: Endpoint) throws {
+        for _ in 0..<500 {
+            if let s = try? Socket.connect(to: e, timeoutMs: 100) { s.close(); return }
+            usleep(10_000)
+        }
+        throw BenchError("\(e) did not come up")
+    }
+
+    /// Runs a command to completion; returns stdout.
+    static func run(_ exe: String, _ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return text
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}

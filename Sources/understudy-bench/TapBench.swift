@@ -1,0 +1,70 @@
+import Foundation
+import UnderstudyPosix
+
+/// The tap as a proxy: get and set throughput and latency against direct memcached and
+/// twemproxy, same client, same connection count.
+enum TapBench {
+    static func run(runs: Int, seconds: Double, table: Table) throws {
+        let pair = try BenchPair()
+        defer { pair.stop() }
+        try pair.startKeeper()
+        try pair.startTap()
+        let twem = try Twemproxy(pair.srcEP)
+        defer { twem?.stop() }
+        let targets: [(String, Endpoint)] = [("direct", pair.srcEP), ("tap", pair.tapEP!)] + (twem.map { [("twemproxy", $0.endpoint)] } ?? [])
+        for sets in [false, true] {
+            let op = sets ? "set" : "get"
+            var ops: [String: Figure] = [:], p50: [String: Figure] = [:], p99: [String: Figure] = [:]
+            for r in 1...runs {
+                for (name, ep) in targets {
+                    let res = try roundTrips({ try MemcacheKV(ep) }, threads: 4, seconds: seconds, sets: sets)
+                    ops[name, default: Figure()].values.append(res.ops)
+                    p50[name, default: Figure()].values.append(res.p50)
+                    p99[name, default: Figure()].values.append(res.p99)
+                    log("\(op) via \(name) run \(r): \(fmt(res.ops)) ops/s p50 \(fmt(res.p50)) µs p99 \(fmt(res.p99)) µs")
+                }
+            }
+            for (name, _) in targets {
+                let label = "\(op) 4 conns via \(name)"
+                let tw = ops["twemproxy"]?.median
+                table.add(label, "ops/s", ops[name]!, baseline: name == "tap" ? "twemproxy" : "",
+                          ratio: name == "tap" ? tw.map { ops[name]!.median / $0 } : nil, goal: name == "tap" ? "≥ 1.0×" : "")
+                let added = p50[name]!.median - p50["direct"]!.median
+                table.add(label, "p50 µs", p50[name]!, baseline: name == "direct" ? "" : "+\(fmt(added)) µs vs direct",
+                          goal: name == "tap" ? "≤ +25 µs" : "")
+                table.add(label, "p99 µs", p99[name]!)
+            }
+        }
+    }
+}
+
+/// twemproxy (Debian `nutcracker`) in front of the same memcached.
+final class Twemproxy {
+    let process: Spawned
+    let endpoint: Endpoint
+
+    init?(_ backend: Endpoint) throws {
+        guard let bin = Env.which("nutcracker") else {
+            log("nutcracker not installed: twemproxy columns are n/a (apt-get install nutcracker)")
+            return nil
+        }
+        let p = Env.port(), statsPort = Env.port()
+        let conf = Env.dir + "/nutcracker-\(p).yml"
+        try """
+            pool:
+              listen: 127.0.0.1:\(p)
+              hash: fnv1a_64
+              distribution: ketama
+              timeout: 2000
+              server_retry_timeout: 2000
+              server_failure_limit: 1
+              servers:
+               - \(backend.description):1
+            """.write(toFile: conf, atomically: true, encoding: .utf8)
+        process = try Spawned(bin, ["-c", conf, "-s", String(statsPort), "-a", "127.0.0.1"], name: "twemproxy", log: Env.dir + "/twem.log")
+        endpoint = Endpoint(host: "127.0.0.1", port: p)
+        try Env.waitConnectable(endpoint)
+    }
+
+    func stop() { process.stop() }
+}
