@@ -14,30 +14,22 @@ extension MemcacheConnection {
     public func metadump(_ each: (MetadumpEntry) throws(MemcacheError) -> Void) throws(MemcacheError) -> DumpOutcome {
         try send(Array("lru_crawler metadump hash\r\n".utf8))
         var count = 0
+        let end = Array("END".utf8), busy = Array("BUSY".utf8)
         while true {
-            let l: [UInt8]
-            do {
-                // A metadump line ends in "\n" only; the final marker is "END\r\n".
-                l = try stream.readMetadumpLine()
-            } catch {
-                throw .transport(error)
+            // A metadump line ends in "\n" only; the final marker is "END\r\n".
+            var line: UnsafeRawBufferPointer
+            do { line = try stream.readLineView(limit: 8192, lfOnly: true) } catch { throw .transport(error) }
+            if line.last == 0x0D { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
+            if line.elementsEqual(end) { return .complete(entries: count) }
+            if line.starts(with: busy) { return .busy }
+            if line.first == UInt8(ascii: "E") || line.first == UInt8(ascii: "C") || line.first == UInt8(ascii: "S"),
+               let err = ProtocolError.fromErrorLine(Array(line)) {
+                throw .protocolError(err)
             }
-            if l == Array("END".utf8) { return .complete(entries: count) }
-            if l.starts(with: Array("BUSY".utf8)) { return .busy }
-            if let err = ProtocolError.fromErrorLine(l) { throw .protocolError(err) }
             let entry: MetadumpEntry
-            do { entry = try MetadumpEntry.parse(l) } catch { throw .protocolError(error) }
+            do { entry = try MetadumpEntry.parse(line) } catch { throw .protocolError(error) }
             try each(entry)
             count += 1
         }
-    }
-}
-
-extension ByteStream {
-    /// A line ended by "\n", with a trailing "\r" dropped if present.
-    func readMetadumpLine() throws(StreamError) -> [UInt8] {
-        var l = try readLineLF()
-        if l.last == 0x0D { l.removeLast() }
-        return l
     }
 }

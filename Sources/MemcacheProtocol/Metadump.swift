@@ -13,27 +13,34 @@ public struct MetadumpEntry: Equatable, Sendable {
 
     /// Parses `key=<percent-encoded> exp=<abs|-1> la=.. cas=.. fetch=.. cls=.. size=..`.
     public static func parse(_ line: [UInt8]) throws(ProtocolError) -> MetadumpEntry {
+        try line.withUnsafeBytes { raw in Result { () throws(ProtocolError) in try parse(raw) } }.get()
+    }
+
+    static let keyTag = Array("key=".utf8), expTag = Array("exp=".utf8), sizeTag = Array("size=".utf8)
+
+    /// The same, over a borrowed line: one pass, no allocation but the key.
+    public static func parse(_ line: UnsafeRawBufferPointer) throws(ProtocolError) -> MetadumpEntry {
         var key: [UInt8]?
         var exp: Int64?
         var size = 0
-        for tok in Bytes.tokens(line) {
-            guard let eq = tok.firstIndex(of: UInt8(ascii: "=")) else { continue }
-            let name = tok[tok.startIndex..<eq]
-            let value = tok[(eq + 1)...]
-            switch Array(name) {
-            case Array("key".utf8):
-                guard let k = percentDecode(value) else { throw .malformed("metadump key: \(Bytes.text(line))") }
+        let n = line.count
+        var i = 0
+        while i < n {
+            while i < n && line[i] == 0x20 { i += 1 }
+            let s = i
+            while i < n && line[i] != 0x20 { i += 1 }
+            let tok = line[s..<i]
+            if tok.starts(with: keyTag) {
+                guard let k = percentDecode(tok.dropFirst(4)) else { throw .malformed("metadump key: \(Bytes.text(Array(line)))") }
                 key = k
-            case Array("exp".utf8):
-                guard let e = Bytes.parseInt(value) else { throw .malformed("metadump exp: \(Bytes.text(line))") }
+            } else if tok.starts(with: expTag) {
+                guard let e = Bytes.parseInt(tok.dropFirst(4)) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
                 exp = e
-            case Array("size".utf8):
-                size = Int(Bytes.parseUInt(value) ?? 0)
-            default:
-                continue
+            } else if tok.starts(with: sizeTag) {
+                size = Int(Bytes.parseUInt(tok.dropFirst(5)) ?? 0)
             }
         }
-        guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(line))") }
+        guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(Array(line)))") }
         return MetadumpEntry(key: k, expiry: (exp == nil || exp! < 0) ? nil : exp, size: size)
     }
 

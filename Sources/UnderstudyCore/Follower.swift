@@ -443,10 +443,10 @@ final class Follower: Sendable {
         let sync = FullSync(active: options.activeMemcached, local: options.localMemcached, batchSize: options.batchSize)
         let report: FullSyncReport
         do {
-            report = try sync.run(reason: reason, progress: { p in
+            report = try sync.run(reason: reason, progress: { [self] p in
                 state.update { $0.progress = p }
                 Log.info("follower", "full sync: \(p.keys) keys, \(Int(p.keysPerSecond)) keys/s" + (p.etaSeconds.map { ", ETA \(Int($0)) s" } ?? ""))
-            }, shouldStop: { stopping })
+            }, shouldStop: { [self] in stopping || draining })
         } catch {
             state.update { $0.progress = nil }
             throw .fullSync(error.description)

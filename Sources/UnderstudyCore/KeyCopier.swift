@@ -39,12 +39,27 @@ final class KeyCopier {
         var out: [UInt8] = []
         out.reserveCapacity(keys.count * 40)
         for k in keys {
-            guard let (tok, b64) = try? Key.metaToken(k) else { continue }
             out.append(contentsOf: Self.mg)
-            out.append(contentsOf: tok)
-            out.append(contentsOf: b64 ? Self.fetchFlagsB64 : Self.fetchFlags)
+            if Self.appendKey(k, to: &out) {
+                out.append(contentsOf: Self.fetchFlagsB64)
+            } else {
+                out.append(contentsOf: Self.fetchFlags)
+            }
         }
         try active.send(out)
+    }
+
+    /// Appends the wire form of a key; true if it went base64 (and needs the `b` flag).
+    /// Keys that cannot be sent at all still get a token so replies stay in step; memcached
+    /// answers it with an error that `storeFetched` counts.
+    @inline(__always)
+    static func appendKey(_ k: [UInt8], to out: inout [UInt8]) -> Bool {
+        if Key.isPlain(k) {
+            out.append(contentsOf: k)
+            return false
+        }
+        out.append(contentsOf: Base64.encode(k))
+        return true
     }
 
     /// Stage 2: read the active's replies and send the matching local writes (not waiting).
@@ -55,37 +70,28 @@ final class KeyCopier {
         out.reserveCapacity(keys.count * 64)
         let now = Clock.unixSeconds()
         for k in keys {
-            guard let (tok, b64) = try? Key.metaToken(k) else {
-                Log.warning("follower", "skipping key that cannot be sent to memcached: \(Bytes.text(k))")
-                o.errors += 1
-                continue
-            }
-            let r = try active.readMetaReply()
-            switch r.status {
-            case .va:
-                let value = r.value ?? []
-                let exptime = Expiry.exptime(remaining: r.intFlag("t") ?? -1, now: now)
+            let h = try active.readFetchHeader()
+            if let len = h.dataLength {
                 out.append(contentsOf: Self.ms)
-                out.append(contentsOf: tok)
-                out.append(contentsOf: " \(value.count) F".utf8)
-                out.append(contentsOf: r.flag("f") ?? [0x30])
-                out.append(contentsOf: " T\(exptime)".utf8)
+                let b64 = Self.appendKey(k, to: &out)
+                out.append(0x20)
+                Bytes.appendDecimal(Int64(len), to: &out)
+                out.append(contentsOf: Self.spaceF)
+                if h.flags.isEmpty { out.append(0x30) } else { out.append(contentsOf: h.flags) }
+                out.append(contentsOf: Self.spaceT)
+                Bytes.appendDecimal(Expiry.exptime(remaining: h.ttl, now: now), to: &out)
                 if b64 { out.append(contentsOf: Self.b) }
                 out.append(contentsOf: Self.quietEnd)
-                out.append(contentsOf: value)
+                try active.readData(len, appendingTo: &out)
                 out.append(contentsOf: Self.crlf)
                 o.copied += 1
-            case .en:
+            } else if h.miss {
                 out.append(contentsOf: Self.md)
-                out.append(contentsOf: tok)
-                if b64 { out.append(contentsOf: Self.b) }
+                if Self.appendKey(k, to: &out) { out.append(contentsOf: Self.b) }
                 out.append(contentsOf: Self.quietEnd)
                 o.deleted += 1
-            case .error(let e):
-                Log.warning("follower", "active refused mg for \(Bytes.text(k)): \(e)")
-                o.errors += 1
-            default:
-                Log.warning("follower", "unexpected reply \(r.status) to mg for \(Bytes.text(k))")
+            } else {
+                Log.warning("follower", "active refused mg for \(Bytes.text(k)): \(h.other ?? "?")")
                 o.errors += 1
             }
         }
@@ -114,10 +120,8 @@ final class KeyCopier {
     func deleteLocal(_ keys: [[UInt8]]) throws(MemcacheError) -> Int {
         var out: [UInt8] = []
         for k in keys {
-            guard let (tok, b64) = try? Key.metaToken(k) else { continue }
             out.append(contentsOf: Self.md)
-            out.append(contentsOf: tok)
-            if b64 { out.append(contentsOf: Self.b) }
+            if Self.appendKey(k, to: &out) { out.append(contentsOf: Self.b) }
             out.append(contentsOf: Self.quietEnd)
         }
         out.append(contentsOf: Self.mn)
@@ -136,4 +140,6 @@ final class KeyCopier {
     static let fetchFlagsB64 = Array(" b v f t\r\n".utf8)
     static let quietEnd = Array(" q\r\n".utf8)
     static let crlf = Array("\r\n".utf8)
+    static let spaceF = Array(" F".utf8)
+    static let spaceT = Array(" T".utf8)
 }

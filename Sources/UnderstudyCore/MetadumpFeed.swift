@@ -15,16 +15,21 @@ final class MetadumpFeed: Sendable {
         var done = false
         var failure: FullSync.Failure?
         var entries = 0
+        /// FNV-1a hashes of every key, when asked for (the full sync's "what the active has").
+        var hashes = Set<UInt64>()
     }
 
     let endpoint: Endpoint
     let state = Monitor(State())
     let stopFlag = Monitor(false)
 
-    init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000) {
+    init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000, collectHashes: Bool = false) {
         self.endpoint = endpoint
-        Threads.start("metadump") { [self] in read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs) }
+        Threads.start("metadump") { [self] in read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: collectHashes) }
     }
+
+    /// The key hashes collected so far (complete once `next()` has returned nil).
+    var hashes: Set<UInt64> { state.withLock { $0.hashes } }
 
     func stop() { stopFlag.update { $0 = true } }
 
@@ -38,7 +43,8 @@ final class MetadumpFeed: Sendable {
         return batch
     }
 
-    private func read(batchSize: Int, ioTimeoutMs: Int) {
+    private func read(batchSize: Int, ioTimeoutMs: Int, collectHashes: Bool) {
+        var hashes = Set<UInt64>()
         var failure: FullSync.Failure?
         do throws(FullSync.Failure) {
             let conn: MemcacheConnection
@@ -47,6 +53,7 @@ final class MetadumpFeed: Sendable {
             var batch: [[UInt8]] = []
             batch.reserveCapacity(batchSize)
             try Self.walk(conn, shouldStop: { stopFlag.withLock { $0 } }) { (e) throws(MemcacheError) in
+                if collectHashes { hashes.insert(FullSync.hash(e.key)) }
                 batch.append(e.key)
                 if batch.count >= batchSize {
                     let full = batch
@@ -68,6 +75,7 @@ final class MetadumpFeed: Sendable {
             failure = error
         }
         state.update { s in
+            s.hashes = hashes
             s.done = true
             s.failure = failure
         }

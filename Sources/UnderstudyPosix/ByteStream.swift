@@ -116,6 +116,21 @@ public final class ByteStream {
         }
     }
 
+    /// The next line without its CRLF, as a view into the read buffer — no copy. The view is
+    /// valid only until the next call that reads from this stream. For hot parsing loops.
+    /// With `lfOnly`, lines end at a bare "\n" (and a trailing "\r" stays in the view).
+    public func readLineView(limit: Int = 8192, lfOnly: Bool = false) throws(StreamError) -> UnsafeRawBufferPointer {
+        while true {
+            if let cr = findLineEnd(from: start, lfOnly: lfOnly) {
+                let view = UnsafeRawBufferPointer(rebasing: buffer[start..<cr])
+                start = cr + (lfOnly ? 1 : 2)
+                return view
+            }
+            if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
+            try fillOrThrow()
+        }
+    }
+
     /// Like `readLine`, but returns nil instead of blocking when no full line is buffered.
     public func bufferedLine(limit: Int = 8192) throws(StreamError) -> [UInt8]? {
         if let cr = findLineEnd(from: start) {
