@@ -105,7 +105,9 @@ public enum Message: Equatable, Sendable {
             guard let kind = PeerKind(rawValue: try r.u8()) else { throw .malformed("unknown peer kind") }
             m = .auth(kind: kind, mac: try r.raw(32), nonce: try r.raw(32))
         case 0x03: m = .authOK(mac: try r.raw(32))
-        case 0x04: m = .refused(reason: String(decoding: try r.short(), as: UTF8.self))
+        case 0x04:
+            guard let reason = String(validating: try r.short(), as: UTF8.self) else { throw .malformed("reason is not UTF-8") }
+            m = .refused(reason: reason)
         case 0x10: m = .tapStart(tapID: try r.short())
         case 0x11: m = .tapWelcome(runID: try r.u64(), ackedSeq: try r.u64())
         case 0x12:
@@ -121,7 +123,7 @@ public enum Message: Equatable, Sendable {
         case 0x13: m = .tapAck(seq: try r.u64())
         case 0x14: m = .tapApplied(seq: try r.u64())
         case 0x15: m = .tapGap(fromSeq: try r.u64(), lost: try r.u64())
-        case 0x16: m = .syncState(followerInSync: try r.u8() != 0)
+        case 0x16: m = .syncState(followerInSync: try r.bool())
         case 0x20: m = .follow(runID: try r.u64(), applied: try r.u64(), epoch: try r.u64())
         case 0x21: m = .resume(runID: try r.u64(), from: try r.u64())
         case 0x22: m = .fullSync(runID: try r.u64(), from: try r.u64())
@@ -139,7 +141,7 @@ public enum Message: Equatable, Sendable {
         case 0x24: m = .followerAck(applied: try r.u64())
         case 0x25: m = .ping(endOffset: try r.u64(), stampNanos: try r.i64())
         case 0x26: m = .followerAlive
-        case 0x30: m = .peerInfo(active: try r.u8() != 0, epoch: try r.u64(), runID: try r.u64())
+        case 0x30: m = .peerInfo(active: try r.bool(), epoch: try r.u64(), runID: try r.u64())
         default: throw .malformed("unknown message type 0x\(String(type, radix: 16))")
         }
         try r.finish()

@@ -29,6 +29,12 @@ struct WireReader {
     }
 
     mutating func u8() throws(JournalError) -> UInt8 { try take(1).first! }
+    /// 0 or 1; anything else is a malformed frame (one encoding per value).
+    mutating func bool() throws(JournalError) -> Bool {
+        let b = try u8()
+        guard b <= 1 else { throw .malformed("boolean byte \(b)") }
+        return b == 1
+    }
     mutating func u16() throws(JournalError) -> UInt16 { try take(2).reduce(0) { $0 << 8 | UInt16($1) } }
     mutating func u32() throws(JournalError) -> UInt32 { try take(4).reduce(0) { $0 << 8 | UInt32($1) } }
     mutating func u64() throws(JournalError) -> UInt64 { try take(8).reduce(0) { $0 << 8 | UInt64($1) } }

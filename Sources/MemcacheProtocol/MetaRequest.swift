@@ -95,6 +95,7 @@ public struct MetaReply: Sendable, Equatable {
         if let err = ProtocolError.fromErrorLine(line) { return (MetaReply(status: .error(err)), nil) }
         guard line.count >= 2 else { return (MetaReply(status: .error(.malformed(Bytes.text(line)))), nil) }
         var toks = Bytes.tokens(line)
+        guard !toks.isEmpty else { return (MetaReply(status: .error(.malformed(Bytes.text(line)))), nil) }
         let code = toks.removeFirst()
         let status: Status
         switch (code.first!, code.count == 2 ? code.last! : 0) {

@@ -49,7 +49,8 @@ struct FullSync: Sendable {
         let report: @Sendable (String, Bool) -> Void = { phase, force in
             let now = Clock.monoNanos()
             let due = lastReport.update { last -> Bool in
-                guard force || now - last > 1_000_000_000 else { return false }
+                // Workers race here; another may have reported after our `now` was read.
+                guard force || (now > last && now - last > 1_000_000_000) else { return false }
                 last = now
                 return true
             }

@@ -166,6 +166,11 @@ final class Keeper: Sendable {
                 (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync, s.stopping)
             }
             if stop { ch.stream.socket.shutdown(); return }
+            if applied == sentApplied && inSync == sentSync {
+                // Only the journaled seq moved: acks just let the tap free its buffer, so
+                // coalesce them rather than answer every batch with a wake-up and a write.
+                Clock.sleep(milliseconds: 2)
+            }
             if inSync != sentSync { ch.queue(.syncState(followerInSync: inSync)) }
             if ack != sentAck { ch.queue(.tapAck(seq: ack)) }
             if applied != sentApplied { ch.queue(.tapApplied(seq: applied)) }
@@ -241,7 +246,10 @@ final class Keeper: Sendable {
                 (s.backlog.read(from: cursor, max: 4096), s.backlog.lastOffset, !s.stopping && s.followerID == id)
             }
             guard live else { return }
-            let silentMs = (Clock.monoNanos() - state.withLock { $0.followerLastAck }) / 1_000_000
+            // Read the ack time first: the ack thread may move it past a `now` taken earlier.
+            let lastAck = state.withLock { $0.followerLastAck }
+            let now = Clock.monoNanos()
+            let silentMs = now > lastAck ? (now - lastAck) / 1_000_000 : 0
             if silentMs > Self.followerSilenceLimitMs {
                 Log.warning("keeper", "follower \(ch.stream.socket.remoteAddress) silent for \(silentMs) ms; dropping it (sync taps degrade now)")
                 return

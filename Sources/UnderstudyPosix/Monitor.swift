@@ -43,6 +43,16 @@ public final class Monitor<State>: @unchecked Sendable {
         return body(&state)
     }
 
+    /// Mutates, and wakes the waiters only if `body` says the change matters to them: on hot
+    /// paths a needless wake-up is a context switch per operation.
+    public func update<R>(signalling body: (inout State) -> (R, wake: Bool)) -> R {
+        pthread_mutex_lock(mutex)
+        let (r, wake) = body(&state)
+        if wake { pthread_cond_broadcast(cond) }
+        pthread_mutex_unlock(mutex)
+        return r
+    }
+
     /// Waits until `ready` holds or `timeoutMs` passes (nil: forever), then runs `body` under
     /// the lock. `body` learns whether the condition held.
     public func wait<R>(until ready: (State) -> Bool, timeoutMs: Int?, _ body: (inout State, Bool) -> R) -> R {

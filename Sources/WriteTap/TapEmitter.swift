@@ -65,6 +65,9 @@ public final class TapEmitter: Sendable {
         var stopping = false
         var connection: Socket?
         var counters = Counters()
+        /// The sender is (about to be) asleep waiting for records: only then does `emit`
+        /// need to wake it.
+        var senderIdle = false
         var lastError = ""
 
         var unacked: Int { pending.count - head }
@@ -105,27 +108,32 @@ public final class TapEmitter: Sendable {
     /// blocks on the network. Returns the record's tap sequence number.
     @discardableResult
     public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
-        state.update { s in
-            let seq = s.nextSeq
-            s.nextSeq += 1
-            s.counters.emitted += 1
-            if s.unacked >= options.capacity {
-                // Everything not yet acknowledged will be covered by the follower's resync;
-                // keep one gap that spans it all, and start buffering afresh after it.
-                let from = s.gap?.fromSeq ?? s.pending[s.head].seq
-                let lost = seq - from + 1
-                if s.gap == nil { s.counters.gaps += 1 }
-                s.counters.overflowed += UInt64(s.unacked) + 1
-                s.gap = PendingGap(fromSeq: from, lost: lost)
-                s.gapSent = false
-                s.pending.removeAll(keepingCapacity: true)
-                s.head = 0
-                Log.warning("tap", "journal buffer full (\(options.capacity) records): reporting a gap of \(lost) records from seq \(from); the follower will resync")
-            } else {
-                s.pending.append(TapRecord(seq: seq, op: op, key: key))
-            }
-            return seq
+        state.update { s -> (UInt64, wake: Bool) in
+            let seq = emitLocked(&s, op, key)
+            return (seq, s.senderIdle)
         }
+    }
+
+    private func emitLocked(_ s: inout State, _ op: RecordOp, _ key: [UInt8]) -> UInt64 {
+        let seq = s.nextSeq
+        s.nextSeq += 1
+        s.counters.emitted += 1
+        if s.unacked >= options.capacity {
+            // Everything not yet acknowledged will be covered by the follower's resync;
+            // keep one gap that spans it all, and start buffering afresh after it.
+            let from = s.gap?.fromSeq ?? s.pending[s.head].seq
+            let lost = seq - from + 1
+            if s.gap == nil { s.counters.gaps += 1 }
+            s.counters.overflowed += UInt64(s.unacked) + 1
+            s.gap = PendingGap(fromSeq: from, lost: lost)
+            s.gapSent = false
+            s.pending.removeAll(keepingCapacity: true)
+            s.head = 0
+            Log.warning("tap", "journal buffer full (\(options.capacity) records): reporting a gap of \(lost) records from seq \(from); the follower will resync")
+        } else {
+            s.pending.append(TapRecord(seq: seq, op: op, key: key))
+        }
+        return seq
     }
 
     public enum SyncOutcome: Equatable, Sendable {
@@ -154,7 +162,12 @@ public final class TapEmitter: Sendable {
     /// Waits until the keeper has acknowledged everything emitted so far (or the timeout).
     public func drain(timeoutMs: Int) -> Bool {
         let target = lastSeq
-        return state.wait(until: { $0.acked >= target }, timeoutMs: timeoutMs) { _, ok in ok }
+        let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
+        // Acks do not wake waiters (they matter to nobody on the hot path); poll instead.
+        while Clock.monoNanos() < deadline {
+            if state.wait(until: { $0.acked >= target }, timeoutMs: 20, { _, ok in ok }) { return true }
+        }
+        return state.withLock { $0.acked >= target }
     }
 
     public func stop() {
@@ -224,9 +237,14 @@ public final class TapEmitter: Sendable {
         }
         Threads.start("tap-acks") { [self] in readAcks(ch) }
         while true {
+            state.update(signalling: { s in
+                s.senderIdle = true
+                return ((), false)
+            })
             let batch = state.wait(until: { s in
                 s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || (s.unacked > 0 && s.pending.last!.seq > s.sentUpTo)
             }, timeoutMs: 1000) { s, _ -> (gap: PendingGap?, records: [TapRecord], live: Bool) in
+                s.senderIdle = false
                 guard !s.stopping, s.connected else { return (nil, [], false) }
                 var gap: PendingGap?
                 if let g = s.gap, !s.gapSent {
@@ -254,7 +272,10 @@ public final class TapEmitter: Sendable {
         while true {
             do {
                 switch try ch.receive() {
-                case .tapAck(let seq): state.update { $0.trim(upTo: seq) }
+                case .tapAck(let seq): state.update(signalling: { s in
+                    s.trim(upTo: seq)
+                    return ((), false)
+                })
                 case .tapApplied(let seq): state.update { s in s.applied = max(s.applied, seq) }
                 case .syncState(let ok): state.update { s in s.followerInSync = ok }
                 case .refused(let why):

@@ -58,6 +58,8 @@ struct CodecTests {
         #expect(MetaReply.parseHeader(Array("SERVER_ERROR object too large for cache".utf8)).0.status == .error(.serverError("object too large for cache")))
         if case .error(.malformed) = MetaReply.parseHeader(Array("VA x".utf8)).0.status {} else { Issue.record("VA x must be malformed") }
         if case .error(.malformed) = MetaReply.parseHeader(Array("ZZ".utf8)).0.status {} else { Issue.record("ZZ must be malformed") }
+        // Found by FuzzTests: a reply line of only spaces crashed the parser.
+        if case .error(.malformed) = MetaReply.parseHeader(Array("  ".utf8)).0.status {} else { Issue.record("blank line must be malformed") }
     }
 
     @Test func metaRequestEncoding() throws {
