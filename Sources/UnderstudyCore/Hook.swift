@@ -12,35 +12,21 @@ struct Hook: Sendable {
     @discardableResult
     func run(reason: String) -> Int32? {
         Log.warning("hook", "\(name): running '\(command)' (\(reason))")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        p.environment = ProcessInfo.processInfo.environment.merging(["UNDERSTUDY_REASON": reason]) { $1 }
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        do { try p.run() } catch {
+        let env = ProcessInfo.processInfo.environment.merging(["UNDERSTUDY_REASON": reason]) { $1 }
+        let result: (exit: Subprocess.Exit, output: String, timedOut: Bool)
+        do {
+            result = try Subprocess.run("/bin/sh", ["-c", command], environment: env, timeoutMs: timeoutMs)
+        } catch {
             Log.error("hook", "\(name): cannot run '\(command)': \(error)")
             return nil
         }
-        let pid = p.processIdentifier
-        let done = DispatchSemaphore(value: 0)
-        let timedOut = Monitor(false)
-        DispatchQueue.global().async {
-            if done.wait(timeout: .now() + .milliseconds(timeoutMs)) == .timedOut {
-                timedOut.update { $0 = true }
-                kill(pid, SIGKILL)
-            }
-        }
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        done.signal()
+        let output = result.output
         let tail = output.split(separator: "\n").suffix(5).joined(separator: " | ")
-        if timedOut.withLock({ $0 }) {
+        if result.timedOut {
             Log.error("hook", "\(name): '\(command)' killed after \(timeoutMs) ms; output: \(tail)")
             return nil
         }
-        let status = p.terminationStatus
+        let status = result.exit.code
         if status == 0 {
             Log.info("hook", "\(name): '\(command)' succeeded; output: \(tail)")
         } else {

@@ -19,6 +19,9 @@ public enum Clock {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
+    /// Monotonic milliseconds, for deadlines.
+    public static func monotonicMs() -> Int64 { Int64(monoNanos() / 1_000_000) }
+
     public static func sleep(milliseconds: Int) {
         var want = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
         var left = timespec()

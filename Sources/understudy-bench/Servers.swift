@@ -5,26 +5,19 @@ import UnderstudyPosix
 /// Processes the benchmark starts and stops by pid: memcached, the understudy binary, redis,
 /// twemproxy. Everything listens on loopback only.
 final class Spawned {
-    let process = Process()
+    let process: Subprocess
     let name: String
 
     init(_ exe: String, _ args: [String], name: String, log: String) throws {
         self.name = name
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let h = FileHandle(forWritingAtPath: log)
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = args
-        process.standardOutput = h
-        process.standardError = h
-        try process.run()
+        process = try Subprocess(exe, args, stdout: .file(log), stderr: .file(log))
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
 
     func stop() {
-        guard process.isRunning else { return }
-        kill(pid, SIGKILL)
-        process.waitUntilExit()
+        process.kill(SIGKILL)
+        process.wait()
     }
 
     /// Resident set size in KiB, from /proc.
@@ -83,16 +76,10 @@ enum Env {
 
     /// Runs a command to completion; returns stdout.
     static func run(_ exe: String, _ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return text
+        let p = try Subprocess(exe, args, stdout: .pipe, stderr: .null)
+        let (out, _) = p.collectOutput(deadlineMs: Clock.monotonicMs() + 600_000)
+        p.wait()
+        return String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -49,8 +49,8 @@ enum DemoCommand {
             say("verify A vs B: \(report.compared) keys compared, \(report.total) differences")
 
             say("failover: killing A's memcached; promoting B as heartbeat's resource script would")
-            kill(activeMC.processIdentifier, SIGKILL)
-            activeMC.waitUntilExit()
+            activeMC.kill(SIGKILL)
+            activeMC.wait()
             let promoted = (try? b.promote(reason: "demo failover").get()) ?? "promotion failed"
             say("B: \(promoted)")
             let onB = try MemcacheConnection(Endpoint(host: "127.0.0.1", port: mB))
@@ -118,13 +118,10 @@ enum DemoCommand {
 
 /// The demo's memcached processes, killed by pid at the end.
 final class Children {
-    var procs: [Process] = []
+    var procs: [Subprocess] = []
 
-    func memcached(_ bin: String, _ p: UInt16) throws -> Process {
-        let proc = Process()
-        proc.executableURL = URL(fileURLWithPath: bin)
-        proc.arguments = ["-p", String(p), "-l", "127.0.0.1", "-U", "0", "-m", "256"] + (getuid() == 0 ? ["-u", "root"] : [])
-        try proc.run()
+    func memcached(_ bin: String, _ p: UInt16) throws -> Subprocess {
+        let proc = try Subprocess(bin, ["-p", String(p), "-l", "127.0.0.1", "-U", "0", "-m", "256"] + (getuid() == 0 ? ["-u", "root"] : []))
         procs.append(proc)
         for _ in 0..<200 {
             if let c = try? MemcacheConnection(Endpoint(host: "127.0.0.1", port: p), connectTimeoutMs: 100) {
@@ -137,9 +134,9 @@ final class Children {
     }
 
     func killAll() {
-        for c in procs where c.isRunning {
-            kill(c.processIdentifier, SIGKILL)
-            c.waitUntilExit()
+        for c in procs {
+            c.kill(SIGKILL)
+            c.wait()
         }
     }
 }

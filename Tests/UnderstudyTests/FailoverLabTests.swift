@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import UnderstudyPosix
 
 /// The two-node heartbeat test: real heartbeat 3.0.6, memcached and `understudy serve` in
 /// network namespaces the lab creates, a tap in sync mode in a client namespace, and a writer
@@ -14,16 +15,11 @@ struct FailoverLabTests {
     /// namespaces or heartbeat skips with this reason printed, never a silent pass.
     static let unavailable: String? = {
         guard let python = try? Paths.pythonWithPymemcache() else { return "no python3 with pymemcache" }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [script, "check"]
-        p.environment = ["UNDERSTUDY_BIN": Paths.understudy, "PYTHON": python, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
-        let out = Pipe()
-        p.standardOutput = out
-        guard (try? p.run()) != nil else { return "cannot run \(script)" }
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return p.terminationStatus == 0 ? nil : "failover lab unavailable: \(text.trimmingCharacters(in: .whitespacesAndNewlines))"
+        let env = ["UNDERSTUDY_BIN": Paths.understudy, "PYTHON": python, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        guard let r = try? Subprocess.run("/bin/bash", [script, "check"], environment: env, timeoutMs: 30_000) else {
+            return "cannot run \(script)"
+        }
+        return r.exit.code == 0 ? nil : "failover lab unavailable: \(r.output.trimmingCharacters(in: .whitespacesAndNewlines))"
     }()
 
     @Test(.enabled(if: unavailable == nil, "\(unavailable ?? "")"))

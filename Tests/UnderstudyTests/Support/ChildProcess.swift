@@ -5,7 +5,7 @@ import UnderstudyPosix
 /// A process a test starts and must stop, by pid. Output goes to a log file that tests show
 /// when something fails. A watchdog kills it if a test forgets or hangs.
 final class ChildProcess: @unchecked Sendable {
-    let process = Process()
+    let process: Subprocess
     let logPath: String
     let name: String
 
@@ -13,18 +13,13 @@ final class ChildProcess: @unchecked Sendable {
         self.name = name
         logPath = "\(logDir)/\(name).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)!
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = args
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
-        let pid = process.processIdentifier
+        process = try Subprocess(executable, args, stdout: .file(logPath), stderr: .file(logPath))
+        let pid = process.pid
         // No test runs anywhere near this long; a leaked child must not outlive the run.
         DispatchQueue.global().asyncAfter(deadline: .now() + 900) { kill(pid, SIGKILL) }
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
     var isRunning: Bool { process.isRunning }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -34,29 +29,21 @@ final class ChildProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if log.contains(text) { return }
-            if !process.isRunning { throw TestFailure("\(name) exited (\(process.terminationStatus)) before logging '\(text)':\n\(log)") }
+            if let exit = process.exit { throw TestFailure("\(name) \(exit) before logging '\(text)':\n\(log)") }
             usleep(20_000)
         }
         throw TestFailure("\(name) did not log '\(text)' within \(timeout) s:\n\(log)")
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace` seconds.
-    func stop(grace: Double = 10) {
-        guard process.isRunning else { return }
-        let pid = self.pid
-        kill(pid, SIGTERM)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            if done.wait(timeout: .now() + grace) == .timedOut { kill(pid, SIGKILL) }
-        }
-        process.waitUntilExit()
-        done.signal()
+    @discardableResult
+    func stop(grace: Double = 10) -> Subprocess.Exit {
+        process.stop(graceMs: Int(grace * 1000))
     }
 
     func kill9() {
-        guard process.isRunning else { return }
-        kill(pid, SIGKILL)
-        process.waitUntilExit()
+        process.kill(SIGKILL)
+        process.wait()
     }
 }
 

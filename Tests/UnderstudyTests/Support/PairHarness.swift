@@ -100,16 +100,9 @@ final class PairHarness: @unchecked Sendable {
 
     /// `understudy verify` between the two memcacheds: its exit code and output.
     func verify() throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Paths.understudy)
-        p.arguments = ["verify", "--active", active.address, "--passive", passive.address]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, text)
+        let r = try Subprocess.run(Paths.understudy, ["verify", "--active", active.address, "--passive", passive.address],
+                                   timeoutMs: 300_000)
+        return (r.exit.code, r.output)
     }
 
     /// Writes keys through the tap in pipelined meta batches; returns how many.

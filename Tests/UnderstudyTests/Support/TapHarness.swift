@@ -72,35 +72,22 @@ func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
     return cond()
 }
 
-/// Runs an external client program and returns its stdout; throws with its output on failure.
+/// Runs an external client program and returns its output (stdout and stderr together);
+/// throws with that output on failure. Killed, with its process group, after `timeout` seconds.
 @discardableResult
 func runTool(_ exe: String, _ args: [String], stdin: String? = nil, timeout: Double = 60,
              environment: [String: String]? = nil) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    if let environment { p.environment = environment }
-    let out = Pipe()
-    let err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    let inPipe = Pipe()
-    if stdin != nil { p.standardInput = inPipe }
-    try p.run()
+    var input = Subprocess.Stream.null
     if let stdin {
-        inPipe.fileHandleForWriting.write(Data(stdin.utf8))
-        try inPipe.fileHandleForWriting.close()
+        let path = Paths.tempDir("stdin") + "/stdin"
+        try stdin.write(toFile: path, atomically: false, encoding: .utf8)
+        input = .file(path)
     }
-    let pid = p.processIdentifier
-    DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { kill(pid, SIGKILL) }
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    let text = String(decoding: o, as: UTF8.self)
-    guard p.terminationStatus == 0 else {
-        throw TestFailure("\(exe) \(args.joined(separator: " ")) exited \(p.terminationStatus):\n\(text)\n\(String(decoding: e, as: UTF8.self))")
+    let r = try Subprocess.run(exe, args, environment: environment, stdin: input, timeoutMs: Int(timeout * 1000))
+    guard r.exit.code == 0, !r.timedOut else {
+        throw TestFailure("\(exe) \(args.joined(separator: " ")) \(r.timedOut ? "timed out after \(timeout) s" : r.exit.description):\n\(r.output)")
     }
-    return text
+    return r.output
 }
 
 /// A raw text-protocol conversation: send bytes, read until `terminator` appears.
