@@ -23,7 +23,7 @@ final class PairHarness: @unchecked Sendable {
     var keeperArgs: [String]
     var followerArgs: [String]
 
-    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256,
+    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256, tapMode: String = "async",
          keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"]) throws {
         dir = Paths.tempDir("pair")
         self.backlog = backlog
@@ -40,7 +40,7 @@ final class PairHarness: @unchecked Sendable {
         followerSecret = self.secret
         try startKeeper()
         if startFollower { try self.startFollower() }
-        try startTap()
+        try startTap(mode: tapMode)
     }
 
     var secretArgs: [String] { secret.map { ["--secret-file", $0] } ?? [] }
@@ -66,7 +66,7 @@ final class PairHarness: @unchecked Sendable {
 
     func startTap(mode: String = "async") throws {
         tap = try ChildProcess(Paths.understudy, ["tap", "--listen", "127.0.0.1:\(tapPort)", "--memcached", active.address,
-                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode] + secretArgs,
+                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode, "--sync-timeout", "2000"] + secretArgs,
                                name: "tap", logDir: dir)
         try tap!.waitForLog("connected to journal keeper")
     }
