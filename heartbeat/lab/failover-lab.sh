@@ -23,67 +23,18 @@ PYTHON=${PYTHON:-python3}
 STATE=${LAB_STATE:-/tmp/understudy-lab}
 MAX_SECONDS=${MAX_SECONDS:-240}
 NET=10.78.0
-VIP=$NET.100
 HB=/usr/libexec/heartbeat/heartbeat
-NODES="usA usB"
-ALL_NS="usA usB usC usNet"
+NS_A=usA NS_B=usB NS_C=usC NS_NET=usNet
 SECRET=$STATE/secret
-FAILS=0
-
-host_of() { case $1 in usA) echo usa;; usB) echo usb;; usC) echo usc;; esac; }
-ip_of()   { case $1 in usA) echo $NET.1;; usB) echo $NET.2;; usC) echo $NET.3;; esac; }
-peer_of() { case $1 in usA) echo usB;; usB) echo usA;; esac; }
-
-T0=$(date +%s.%N)
-now() { date +%s.%N; }
-el()  { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN{printf "%.2f", b-a}'; }
-log() { printf '[%6ss] %s\n' "$(el "$T0")" "$*"; }
-result() { echo "RESULT $*"; }
-check() {  # check NAME CONDITION-CMD...
-    local name=$1; shift
-    if "$@"; then result "$name=ok"; else result "$name=FAIL"; FAILS=$((FAILS + 1)); fi
-}
-ns_exists() { [ -e "/run/netns/$1" ]; }
-
-wait_until() {  # wait_until SECONDS CMD...  (polls every 100 ms)
-    local to=$1; shift
-    local end; end=$(awk -v n="$(now)" -v t="$to" 'BEGIN{printf "%.3f", n+t}')
-    while :; do
-        "$@" && return 0
-        awk -v n="$(now)" -v e="$end" 'BEGIN{exit !(n>e)}' && return 1
-        sleep 0.1
-    done
-}
+# shellcheck source=lab-common.sh
+. "$HERE/lab-common.sh"
 
 can_run() {
-    [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, bind mounts)"; return 1; }
     local b
     for b in "$HB" /usr/lib/ocf/resource.d/heartbeat/IPaddr2 /usr/bin/unshare /usr/bin/nsenter /usr/bin/memcached "$BIN"; do
         [ -x "$b" ] || { echo "missing $b (apt-get install heartbeat resource-agents memcached)"; return 1; }
     done
-    "$PYTHON" -c 'import pymemcache' 2>/dev/null || { echo "$PYTHON has no pymemcache"; return 1; }
-    ip netns add usProbe 2>/dev/null || { echo "cannot create network namespaces here (ip netns add failed)"; return 1; }
-    ip netns del usProbe
-    unshare --mount --uts true 2>/dev/null || { echo "cannot create mount/UTS namespaces here"; ip netns del usProbe 2>/dev/null; return 1; }
-    return 0
-}
-
-net_up() {
-    local ns
-    for ns in $ALL_NS; do ns_exists "$ns" && { log "namespace $ns exists: run down first"; return 1; }; done
-    for ns in $ALL_NS; do ip netns add "$ns" || return 1; done
-    ip -n usNet link set lo up
-    ip -n usNet link add br0 type bridge forward_delay 0 stp_state 0
-    ip -n usNet link set br0 up
-    for ns in usA usB usC; do
-        ip -n usNet link add "p$ns" type veth peer name eth0 netns "$ns"
-        ip -n usNet link set "p$ns" master br0
-        ip -n usNet link set "p$ns" up
-        ip -n "$ns" link set lo up
-        ip -n "$ns" addr add "$(ip_of "$ns")/24" brd + dev eth0
-        ip -n "$ns" link set eth0 up
-    done
-    wait_until 5 ip netns exec usA ping -c1 -W1 -q "$(ip_of usB)" >/dev/null 2>&1
+    can_make_namespaces
 }
 
 fresh_run_dir() {
@@ -125,16 +76,6 @@ HA
     chmod 755 "$d/etc-ha.d/resource.d/understudy"
 }
 
-memcached_start() {
-    local ns=$1 d=$STATE/$1
-    ip netns exec "$ns" /usr/bin/memcached -u memcache -l 0.0.0.0 -p 11211 -U 0 -m 64 \
-        >> "$d/log/memcached.log" 2>&1 &
-    disown $!
-    wait_until 5 mc_ok "$ns" 127.0.0.1
-}
-
-mc_ok() { ip netns exec "$1" timeout 1 bash -c 'exec 3<>/dev/tcp/$0/11211 && printf "version\r\n" >&3 && read -r l <&3 && [ "${l#VERSION}" != "$l" ]' "$2" 2>/dev/null; }
-
 # The daemon and heartbeat run in the node's own mount + UTS namespace (its /run, /etc/ha.d).
 node_start() {
     local ns=$1 d=$STATE/$1 peer
@@ -163,16 +104,8 @@ role_of() { status_of "$1" | sed -n 's/^role://p'; }
 field_of() { status_of "$1" | sed -n "s/^$2://p"; }
 is_active() { [ "$(role_of "$1")" = active ]; }
 is_passive_in_sync() { [ "$(role_of "$1")" = passive ] && [ "$(field_of "$1" in_sync)" = true ]; }
-has_vip() { ip -n "$1" -o -4 addr show dev eth0 2>/dev/null | grep -q " $VIP/"; }
 actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); done; echo $c; }
 one_active() { [ "$(actives)" = 1 ]; }
-node_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }
-
-node_crash() {
-    local pids; pids=$(node_pids "$1")
-    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
-    ip -n "$1" link set eth0 down
-}
 
 node_rejoin() {  # a rebooted node: no VIP, empty /run, empty memcached; state dir survives
     local ns=$1 p
@@ -183,64 +116,9 @@ node_rejoin() {  # a rebooted node: no VIP, empty /run, empty memcached; state d
     memcached_start "$ns" && node_start "$ns"
 }
 
-client_start() {
-    local d=$STATE/usC; mkdir -p "$d"
-    ip netns exec usC "$BIN" tap --listen 127.0.0.1:11212 --memcached "$VIP:11211" --journal "$VIP:11311" \
-        --secret-file "$SECRET" --mode sync --sync-timeout 2000 >> "$d/tap.log" 2>&1 &
-    disown $!
-    wait_until 10 grep -q "ready" "$d/tap.log"
-}
-
-writer_start() {  # writer_start PREFIX
-    local d=$STATE/usC
-    rm -f "$d/stop-$1"
-    ip netns exec usC "$PYTHON" "$HERE/writer.py" 127.0.0.1:11212 "$d/writes-$1.log" "$d/stop-$1" 120 "$1" >> "$d/writer.out" 2>&1 &
-    disown $!
-}
-writer_stop() { touch "$STATE/usC/stop-$1"; sleep 0.5; }
-
-# Every acknowledged write of PREFIX, read back through the VIP; a write that is not there
-# must be in a recovery file with its value. Prints "acked lost recovered first-lost-keys".
-acked_lost() {
-    local prefix=$1; shift
-    ip netns exec usC "$PYTHON" - "$STATE/usC/writes-$prefix.log" "$VIP" "$@" <<'PY'
-import base64, json, sys
-from pymemcache.client.base import Client
-acked = {}
-for line in open(sys.argv[1]):
-    p = line.split()
-    if p[0] == "ack": acked[p[2]] = p[3]
-saved = {}
-for f in sys.argv[3:]:
-    for line in open(f):
-        o = json.loads(line)
-        if "key_b64" in o and o.get("found"):
-            saved[base64.b64decode(o["key_b64"]).decode()] = base64.b64decode(o["value_b64"]).decode()
-c = Client((sys.argv[2], 11211), timeout=3)
-missing = [k for k, v in acked.items() if (c.get(k) or b"").decode() != v]
-recovered = [k for k in missing if saved.get(k) == acked[k]]
-lost = [k for k in missing if k not in recovered]
-print(len(acked), len(lost), len(recovered), " ".join(lost[:5]))
-PY
-}
-
-teardown() {
-    local ns pids i
-    for ns in $ALL_NS; do
-        ns_exists "$ns" || continue
-        for i in 1 2 3 4 5; do
-            pids=$(node_pids "$ns")
-            [ -z "$pids" ] && break
-            kill -KILL $pids 2>/dev/null
-            sleep 0.2
-        done
-        ip netns del "$ns" 2>/dev/null
-    done
-}
-
 scenario() {
     rm -rf "$STATE"; mkdir -p "$STATE"
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$SECRET"; chmod 600 "$SECRET"
+    new_secret
     net_up || { log "network setup failed"; return 1; }
     local ns
     for ns in $NODES; do node_prepare "$ns"; memcached_start "$ns" || return 1; done
@@ -314,17 +192,10 @@ scenario() {
     return 0
 }
 
-WD=""
 run() {
     local why
     if ! why=$(can_run); then echo "SKIP $why"; exit 77; fi
-    # Watchdog: the whole run is bounded by MAX_SECONDS.
-    # Its output goes nowhere: a sleeping child holding our stdout open would keep whoever
-    # reads this script's output waiting for the full MAX_SECONDS.
-    ( trap 'kill $sp 2>/dev/null; exit 0' TERM; sleep "$MAX_SECONDS" & sp=$!; wait $sp && kill -TERM $$ ) >/dev/null 2>&1 &
-    WD=$!
-    trap 'log "watchdog or interrupt: tearing down"; teardown; exit 124' TERM INT
-    trap '[ -n "$WD" ] && kill $WD 2>/dev/null; teardown' EXIT
+    start_watchdog
     teardown
     scenario || FAILS=$((FAILS + 1))
     result "failures=$FAILS"
