@@ -89,7 +89,8 @@ final class RedisPair {
             return nil
         }
         let (mp, rp) = (Env.port(), Env.port())
-        let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        // --dir: a replica full sync writes an RDB file; keep it out of the working directory.
+        let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--dir", Env.dir]
         master = try Spawned(bin, ["--port", String(mp)] + common, name: "redis-master", log: Env.dir + "/redis-m.log")
         replica = try Spawned(bin, ["--port", String(rp), "--replicaof", "127.0.0.1", String(mp)] + common,
                               name: "redis-replica", log: Env.dir + "/redis-r.log")
