@@ -12,8 +12,8 @@ import UnderstudyPosix
 /// random point, lets things settle, then checks the model against the nodes, `verify`, and
 /// the exact number of full syncs.
 ///
-/// `swift test --filter Drills` runs `DRILLS` drills (10 by default, the CI subset, cycling
-/// through every kind); `DRILLS=50 DRILL_SEED=7 swift test --filter Drills` replays a run.
+/// `swift test --filter DrillTests` runs `DRILLS` drills (10 by default, the CI subset, cycling
+/// through every kind); `DRILLS=50 DRILL_SEED=7 swift test --filter DrillTests` replays a run.
 /// Network partitions between namespaces are drilled by the heartbeat lab (FailoverLabTests).
 @Suite("failure drills", .serialized)
 struct DrillTests {

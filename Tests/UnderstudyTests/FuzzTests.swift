@@ -15,21 +15,9 @@ import UnderstudyPosix
 struct FuzzTests {
     static let iterations = Int(ProcessInfo.processInfo.environment["FUZZ_ITERATIONS"] ?? "") ?? 20_000
 
-    /// SplitMix64: fast, seedable, reproducible.
-    struct Rng: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let interesting: [UInt8] = [0x00, 0x0A, 0x0D, 0x20, 0x25, 0x2D, 0x30, 0x39, 0x3D, 0x7F, 0x80, 0xFF, 0x71, 0x62, 0x54]
 
-    static func mutate(_ input: [UInt8], _ corpus: [[UInt8]], _ rng: inout Rng) -> [UInt8] {
+    static func mutate(_ input: [UInt8], _ corpus: [[UInt8]], _ rng: inout SeededRandom) -> [UInt8] {
         var b = input
         for _ in 0..<Int.random(in: 1...4, using: &rng) {
             switch Int.random(in: 0..<7, using: &rng) {
@@ -54,7 +42,7 @@ struct FuzzTests {
     /// Runs `body` on mutants of the corpus; returns how many inputs were tried.
     @discardableResult
     static func fuzz(_ corpus: [[UInt8]], seed: UInt64, _ body: ([UInt8]) -> Void) -> Int {
-        var rng = Rng(state: seed)
+        var rng = SeededRandom(seed)
         for c in corpus { body(c) }
         for _ in 0..<iterations { body(mutate(corpus.randomElement(using: &rng)!, corpus, &rng)) }
         return corpus.count + iterations

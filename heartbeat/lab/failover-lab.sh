@@ -37,8 +37,8 @@ can_run() {
     can_make_namespaces
 }
 
-fresh_run_dir() {
-    local d=$1/run
+fresh_run_dir() {  # fresh_run_dir NS: the node's /run, as after a boot
+    local d=$STATE/$1/run
     rm -rf "$d"; mkdir -p "$d/heartbeat/ccm" "$d/heartbeat/crm" "$d/heartbeat/dopd" "$d/crm" "$d/resource-agents" "$d/lock" "$d/understudy"
     chown -R hacluster:haclient "$d/heartbeat" "$d/crm"
     chmod 750 "$d/heartbeat" "$d/heartbeat/ccm" "$d/heartbeat/crm" "$d/heartbeat/dopd" "$d/crm"
@@ -52,7 +52,7 @@ node_prepare() {
     rm -rf "$d"; mkdir -p "$d/log" "$d/state"
     cp -a /etc/ha.d "$d/etc-ha.d"
     cp -a /var/lib/heartbeat "$d/varlib"
-    fresh_run_dir "$d"
+    fresh_run_dir "$ns"
     cat > "$d/etc-ha.d/ha.cf" <<HA
 logfile $d/log/ha-log
 debugfile $d/log/ha-debug
@@ -107,15 +107,6 @@ is_passive_in_sync() { [ "$(role_of "$1")" = passive ] && [ "$(field_of "$1" in_
 actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); done; echo $c; }
 one_active() { [ "$(actives)" = 1 ]; }
 
-node_rejoin() {  # a rebooted node: no VIP, empty /run, empty memcached; state dir survives
-    local ns=$1 p
-    for p in $(node_pids "$ns"); do kill -KILL "$p" 2>/dev/null; done
-    ip -n "$ns" addr del "$VIP/24" dev eth0 2>/dev/null
-    fresh_run_dir "$STATE/$ns"
-    ip -n "$ns" link set eth0 up
-    memcached_start "$ns" && node_start "$ns"
-}
-
 scenario() {
     rm -rf "$STATE"; mkdir -p "$STATE"
     new_secret
@@ -137,13 +128,7 @@ scenario() {
     log "crashed usa (every process SIGKILLed, link down)"
     wait_until 30 has_vip usB && log "VIP on usb after $(el "$tcrash")s"
     check b_active_after_crash wait_until 10 is_active usB
-    # RTO: from the kill to the first write acknowledged after the outage was first seen
-    # (the first failed write), i.e. the first write that landed on usb.
-    local ack_after
-    first_ack_after_outage() { awk -v t="$tcrash" '$2>t && $1=="err" {e=1} e && $1=="ack" {print $2; exit}' "$STATE/usC/writes-crash.log"; }
-    wait_until 30 bash -c "[ -n \"\$(awk -v t=$tcrash '\$2>t && \$1==\"err\" {e=1} e && \$1==\"ack\" {print; exit}' $STATE/usC/writes-crash.log)\" ]"
-    ack_after=$(first_ack_after_outage)
-    [ -n "$ack_after" ] && result "rto_seconds=$(el "$tcrash" "$ack_after")"
+    report_rto "$tcrash" crash
     sleep 1
     writer_stop crash
     local res; res=$(acked_lost crash)
@@ -192,20 +177,4 @@ scenario() {
     return 0
 }
 
-run() {
-    local why
-    if ! why=$(can_run); then echo "SKIP $why"; exit 77; fi
-    start_watchdog
-    teardown
-    scenario || FAILS=$((FAILS + 1))
-    result "failures=$FAILS"
-    log "lab finished in $(el "$T0")s; logs in $STATE"
-    [ "$FAILS" = 0 ]
-}
-
-case ${1:-run} in
-    check) if why=$(can_run); then echo ok; else echo "$why"; exit 1; fi ;;
-    run) run ;;
-    down) teardown ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
-esac
+lab_main "$@"

@@ -150,3 +150,43 @@ teardown() {
     done
 }
 
+
+# A rebooted node: no VIP, a fresh /run (the lab's fresh_run_dir), an empty memcached; its
+# state dir survives. The lab's node_start brings its cluster software back.
+node_rejoin() {
+    local ns=$1 p
+    for p in $(node_pids "$ns"); do kill -KILL "$p" 2>/dev/null; done
+    ip -n "$ns" addr del "$VIP/24" dev eth0 2>/dev/null
+    fresh_run_dir "$ns"
+    ip -n "$ns" link set eth0 up
+    memcached_start "$ns" && node_start "$ns"
+}
+
+# RTO: from the crash to the first write acknowledged after the outage was first seen (the
+# first failed write), i.e. the first write that landed on the survivor. Waits up to 30 s.
+report_rto() {  # report_rto CRASH_TIME PREFIX
+    local log=$STATE/$NS_C/writes-$2.log first
+    first_ack_after() { awk -v t="$1" '$2>t && $1=="err" {e=1} e && $1=="ack" {print $2; exit}' "$log"; }
+    wait_until 30 bash -c "[ -n \"\$(awk -v t=$1 '\$2>t && \$1==\"err\" {e=1} e && \$1==\"ack\" {print; exit}' $log)\" ]"
+    first=$(first_ack_after "$1")
+    [ -n "$first" ] && result "rto_seconds=$(el "$1" "$first")"
+}
+
+# The command line every lab shares; the lab defines can_run and scenario.
+lab_main() {
+    case ${1:-run} in
+        check) local why; if why=$(can_run); then echo ok; else echo "$why"; exit 1; fi ;;
+        run)
+            local why
+            if ! why=$(can_run); then echo "SKIP $why"; exit 77; fi
+            start_watchdog
+            teardown
+            scenario || FAILS=$((FAILS + 1))
+            result "failures=$FAILS"
+            log "lab finished in $(el "$T0")s; logs in $STATE"
+            [ "$FAILS" = 0 ]
+            ;;
+        down) teardown ;;
+        *) sed -n '2,22p' "$0"; exit 2 ;;
+    esac
+}

@@ -161,15 +161,6 @@ configure() {
     log "CIB loaded from $(basename "$CIB") (promotable clone + VIP; stonith off: lab only)"
 }
 
-node_rejoin() {  # a rebooted node: no VIP, empty /run and memcached; the state dir survives
-    local ns=$1 p
-    for p in $(node_pids "$ns"); do kill -KILL "$p" 2>/dev/null; done
-    ip -n "$ns" addr del "$VIP/24" dev eth0 2>/dev/null
-    fresh_run_dir "$ns"
-    ip -n "$ns" link set eth0 up
-    memcached_start "$ns" && node_start "$ns"
-}
-
 scenario() {
     rm -rf "$STATE"; mkdir -p "$STATE"; chmod 755 "$STATE"
     new_secret
@@ -212,10 +203,7 @@ scenario() {
     result "promote_seconds=$( [ -n "$tprom" ] && el "$tcrash" "$tprom" || echo none) vip_seconds=$( [ -n "$tvip" ] && el "$tcrash" "$tvip" || echo none)"
     check survivor_promoted [ -n "$tprom" ]
     check vip_moved [ -n "$tvip" ]
-    first_ack_after_outage() { awk -v t="$tcrash" '$2>t && $1=="err" {e=1} e && $1=="ack" {print $2; exit}' "$STATE/$NS_C/writes-crash.log"; }
-    wait_until 30 bash -c "[ -n \"\$(awk -v t=$tcrash '\$2>t && \$1==\"err\" {e=1} e && \$1==\"ack\" {print; exit}' $STATE/$NS_C/writes-crash.log)\" ]"
-    local ack_after; ack_after=$(first_ack_after_outage)
-    [ -n "$ack_after" ] && result "rto_seconds=$(el "$tcrash" "$ack_after")"
+    report_rto "$tcrash" crash
     sleep 1
     writer_stop crash
     local res; res=$(acked_lost crash)
@@ -234,20 +222,4 @@ scenario() {
     return 0
 }
 
-run() {
-    local why
-    if ! why=$(can_run); then echo "SKIP $why"; exit 77; fi
-    start_watchdog
-    teardown
-    scenario || FAILS=$((FAILS + 1))
-    result "failures=$FAILS"
-    log "lab finished in $(el "$T0")s; logs in $STATE"
-    [ "$FAILS" = 0 ]
-}
-
-case ${1:-run} in
-    check) if why=$(can_run); then echo ok; else echo "$why"; exit 1; fi ;;
-    run) run ;;
-    down) teardown ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
-esac
+lab_main "$@"
