@@ -159,17 +159,23 @@ final class Keeper: Sendable {
         var sentAck: UInt64 = 0, sentApplied: UInt64 = 0
         var sentSync: Bool?
         while !closed.withLock({ $0 }) {
-            let (ack, applied, inSync, stop) = state.wait(until: { s in
-                let t = s.taps[tapID]
-                return s.stopping || (t?.lastSeq ?? 0) != sentAck || (t?.appliedSeq ?? 0) != sentApplied || s.followerInSync != sentSync
-            }, timeoutMs: 500) { s, _ in
+            let read = { (s: inout State, _: Bool) in
                 (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync, s.stopping)
             }
+            let urgent = { (s: State) in
+                s.stopping || (s.taps[tapID]?.appliedSeq ?? 0) != sentApplied || s.followerInSync != sentSync
+            }
+            var (ack, applied, inSync, stop) = state.wait(until: { s in
+                urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck
+            }, timeoutMs: 500, read)
             if stop { ch.stream.socket.shutdown(); return }
             if applied == sentApplied && inSync == sentSync {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
-                // coalesce them rather than answer every batch with a wake-up and a write.
-                Clock.sleep(milliseconds: 2)
+                // coalesce them for up to 2 ms rather than answer every batch with a wake-up
+                // and a write. An applied seq (a sync-mode client is waiting on it) or a sync
+                // state change ends the wait at once.
+                (ack, applied, inSync, stop) = state.wait(until: urgent, timeoutMs: 2, read)
+                if stop { ch.stream.socket.shutdown(); return }
             }
             if inSync != sentSync { ch.queue(.syncState(followerInSync: inSync)) }
             if ack != sentAck { ch.queue(.tapAck(seq: ack)) }
