@@ -137,10 +137,17 @@ public final class Subprocess: Sendable {
         }
     }
 
-    /// Sends `signal` to the child, or to its whole group when it leads one.
+    /// Sends `signal` to the child, or to its whole group when it leads one. A group is
+    /// signalled even after its leader exited and was reaped: a grandchild still holding the
+    /// output pipe is exactly what a timeout must reach, and a process group's id is not reused
+    /// while any member lives. A lone pid is signalled only while unreaped, since a reaped
+    /// pid may already name somebody else.
     public func kill(_ signal: Int32 = SIGKILL, group: Bool = false) {
-        guard isRunning else { return }
-        _ = Glibc.kill(group ? -pid : pid, signal)
+        if group {
+            _ = Glibc.kill(-pid, signal)
+        } else if isRunning {
+            _ = Glibc.kill(pid, signal)
+        }
     }
 
     /// SIGTERM, then SIGKILL after `graceMs`; returns how it ended.
@@ -178,7 +185,6 @@ public final class Subprocess: Sendable {
                            stdin: Stream = .null, timeoutMs: Int) throws(SystemError) -> (exit: Exit, output: String, timedOut: Bool) {
         let p = try Subprocess(path, arguments, environment: environment, stdin: stdin, stdout: .pipe, stderr: .pipe, newProcessGroup: true)
         let (bytes, timedOut) = p.collectOutput(deadlineMs: Clock.monotonicMs() + Int64(timeoutMs), group: true)
-        if timedOut { p.kill(SIGKILL, group: true) }
         let exit = p.wait(timeoutMs: 5_000) ?? { p.kill(SIGKILL); return p.wait()! }()
         return (exit, String(decoding: bytes, as: UTF8.self), timedOut)
     }

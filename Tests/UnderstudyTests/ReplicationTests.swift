@@ -106,15 +106,7 @@ struct ReplicationTests {
     @Test func fullSyncOfAMillionKeysWhileWritesContinue() throws {
         let h = try PairHarness(startFollower: false, activeMemoryMB: 1024)
         // Pre-fill the active directly (not journaled): only a full sync can copy these.
-        let a = try h.active.connect()
-        var batch: [MetaRequest] = []
-        for i in 0..<1_000_000 {
-            batch.append(.set(Array("pre\(i)".utf8), Array("v\(i)".utf8), ["T0"]))
-            if batch.count == 2000 {
-                #expect(try a.quietBatch(batch).isEmpty)
-                batch.removeAll(keepingCapacity: true)
-            }
-        }
+        try h.active.prefill(1_000_000)
         let stale = try h.passive.connect()
         try stale.set(Array("stale-only-on-passive".utf8), [1])
         let writer = Thread { _ = try? h.write(0..<30_000, prefix: "live") }

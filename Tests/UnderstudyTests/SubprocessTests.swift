@@ -28,6 +28,19 @@ struct SubprocessTests {
         #expect(Clock.monotonicMs() - start < 20_000, "bounded by the timeout, not by the sleeps")
     }
 
+    /// The shell exits at once but leaves a grandchild holding the output pipe: the timeout
+    /// must still reach it through the group, although the leader was already reaped.
+    @Test func timeoutReachesAGrandchildAfterTheLeaderExited() throws {
+        let r = try Subprocess.run("/bin/sh", ["-c", "sleep 30 & echo $!"], timeoutMs: 500)
+        #expect(r.timedOut)
+        let pid = try #require(Int32(r.output.trimmingCharacters(in: .whitespacesAndNewlines)))
+        let gone = waitUntil(10) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }
+            return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+        }
+        #expect(gone, "grandchild \(pid) survived the timeout")
+    }
+
     /// The daemon blocks SIGTERM for sigwait and ignores SIGPIPE; a child must not inherit
     /// either, or `kill -TERM` of a hook would do nothing.
     @Test func childrenStartWithACleanSignalState() throws {

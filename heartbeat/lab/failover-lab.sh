@@ -128,12 +128,7 @@ scenario() {
     log "crashed usa (every process SIGKILLed, link down)"
     wait_until 30 has_vip usB && log "VIP on usb after $(el "$tcrash")s"
     check b_active_after_crash wait_until 10 is_active usB
-    report_rto "$tcrash" crash
-    sleep 1
-    writer_stop crash
-    local res; res=$(acked_lost crash)
-    result "crash_acked=$(echo "$res" | cut -d' ' -f1) crash_lost=$(echo "$res" | cut -d' ' -f2)"
-    check crash_no_acked_write_lost [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    check_crash_writes "$tcrash" crash
     result "b_epoch_after_crash=$(field_of usB epoch)"
 
     # 2. the old active comes back: follower, full sync, never active on stale data
@@ -170,7 +165,7 @@ scenario() {
     result "recovery_files=${rec:-none}"
     # No write acknowledged during the partition is lost silently: it is on the surviving
     # active, or in the recovery file of the node that stepped down.
-    res=$(acked_lost part $rec)
+    local res; res=$(acked_lost part $rec)
     result "partition_acked=$(echo "$res" | cut -d' ' -f1) partition_lost=$(echo "$res" | cut -d' ' -f2) partition_in_recovery_file=$(echo "$res" | cut -d' ' -f3)"
     check partition_no_write_lost_silently [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
     for ns in $NODES; do result "final_$ns: role=$(role_of "$ns") epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done

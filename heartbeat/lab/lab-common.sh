@@ -172,6 +172,17 @@ report_rto() {  # report_rto CRASH_TIME PREFIX
     [ -n "$first" ] && result "rto_seconds=$(el "$1" "$first")"
 }
 
+# After a crash at TCRASH under writer PREFIX: measure the RTO, stop the writer, and check
+# every acknowledged write is readable through the VIP.
+check_crash_writes() {  # check_crash_writes TCRASH PREFIX
+    report_rto "$1" "$2"
+    sleep 1
+    writer_stop "$2"
+    local res; res=$(acked_lost "$2")
+    result "$2_acked=$(echo "$res" | cut -d' ' -f1) $2_lost=$(echo "$res" | cut -d' ' -f2)"
+    check "$2_no_acked_write_lost" [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+}
+
 # The command line every lab shares; the lab defines can_run and scenario.
 lab_main() {
     case ${1:-run} in

@@ -203,12 +203,7 @@ scenario() {
     result "promote_seconds=$( [ -n "$tprom" ] && el "$tcrash" "$tprom" || echo none) vip_seconds=$( [ -n "$tvip" ] && el "$tcrash" "$tvip" || echo none)"
     check survivor_promoted [ -n "$tprom" ]
     check vip_moved [ -n "$tvip" ]
-    report_rto "$tcrash" crash
-    sleep 1
-    writer_stop crash
-    local res; res=$(acked_lost crash)
-    result "crash_acked=$(echo "$res" | cut -d' ' -f1) crash_lost=$(echo "$res" | cut -d' ' -f2)"
-    check crash_no_acked_write_lost [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    check_crash_writes "$tcrash" crash
 
     local trejoin; trejoin=$(now)
     node_rejoin "$prim" || return 1

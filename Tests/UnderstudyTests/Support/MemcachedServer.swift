@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import MemcacheClient
+import MemcacheProtocol
 import UnderstudyPosix
 
 /// A real memcached on a free loopback port, started for one test and stopped by pid.
@@ -38,6 +39,22 @@ final class MemcachedServer: @unchecked Sendable {
     }
 
     func connect() throws -> MemcacheConnection { try MemcacheConnection(endpoint, ioTimeoutMs: 10_000) }
+
+    /// Writes `pre0…` = `v0…` straight into this memcached (not journaled: only a full sync
+    /// copies them), in pipelined quiet batches.
+    func prefill(_ count: Int) throws {
+        let c = try connect()
+        defer { c.close() }
+        var batch: [MetaRequest] = []
+        for i in 0..<count {
+            batch.append(.set(Array("pre\(i)".utf8), Array("v\(i)".utf8), ["T0"]))
+            if batch.count == 2000 || i == count - 1 {
+                let refused = try c.quietBatch(batch)
+                guard refused.isEmpty else { throw TestFailure("prefill of \(address) refused: \(refused.prefix(3))") }
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+    }
 
     /// A restarted memcached is empty, as after a crash.
     func restart() throws -> MemcachedServer {
