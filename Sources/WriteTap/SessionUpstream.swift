@@ -37,14 +37,10 @@ final class SessionUpstream {
     }
 
     /// Journals a write memcached acknowledged, and in sync/strict mode waits for the follower.
-    /// Returns an error text only when strict mode must refuse the client.
+    /// Returns an error text only when the sync policy refuses the client.
     func journal(_ op: RecordOp, _ key: [UInt8]) -> String? {
         let seq = proxy.emitter.emit(op, key: key)
-        guard proxy.emitter.mode != .async else { return nil }
-        if case .notApplied(let why) = proxy.emitter.awaitApplied(seq) {
-            if proxy.emitter.mode == .strict { return "not replicated: \(why)" }
-        }
-        return nil
+        return proxy.emitter.syncRefusal(seq).map { "not replicated: \($0)" }
     }
 }
 

@@ -62,6 +62,9 @@ public final class TapEmitter: Sendable {
         var applied: UInt64 = 0
         var followerInSync = false
         var connected = false
+        /// The highest seq emitted when the keeper connection was last lost. A sync write at or
+        /// below it was waiting on a keeper that vanished: see ``syncRefusal(_:)``.
+        var lastDisconnectSeq: UInt64 = 0
         var stopping = false
         var connection: Socket?
         var counters = Counters()
@@ -140,16 +143,26 @@ public final class TapEmitter: Sendable {
         case applied
         /// Timed out or no in-sync follower: the write stands on the active only.
         case notApplied(String)
+        /// The keeper connection was lost while the write waited. The keeper and the
+        /// memcached that acknowledged the write may have died together (a node crash), so
+        /// the write may exist nowhere: it must not be acknowledged as if it stood.
+        case keeperLost(String)
     }
 
     /// Blocks until the follower has applied record `seq`, or the sync timeout passes, or the
-    /// keeper says no follower is in sync (then at once: waiting cannot help).
+    /// keeper says no follower is in sync, or the keeper connection drops (then at once:
+    /// waiting cannot help).
     public func awaitApplied(_ seq: UInt64) -> SyncOutcome {
-        let outcome = state.wait(until: { s in s.applied >= seq || s.stopping || (s.connected && !s.followerInSync) },
-                                 timeoutMs: options.syncTimeoutMs) { s, _ -> SyncOutcome in
+        let outcome = state.wait(until: { s in
+            s.applied >= seq || s.stopping || (s.connected && !s.followerInSync) || s.lastDisconnectSeq >= seq
+        }, timeoutMs: options.syncTimeoutMs) { s, _ -> SyncOutcome in
             if s.applied >= seq {
                 s.counters.syncApplied += 1
                 return .applied
+            }
+            if s.lastDisconnectSeq >= seq {
+                s.counters.syncFailed += 1
+                return .keeperLost("journal keeper connection lost before the follower applied the write: \(s.lastError)")
             }
             if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
             if !s.connected { return .notApplied("journal keeper unreachable: \(s.lastError)") }
@@ -157,6 +170,19 @@ public final class TapEmitter: Sendable {
             return .notApplied("follower did not apply within \(options.syncTimeoutMs) ms")
         }
         return outcome
+    }
+
+    /// The sync policy, for every form of the tap: nil when the client may be answered, else
+    /// why it must be refused. Async never waits; sync degrades to async when the follower is
+    /// slow or absent (counted); strict refuses then; both refuse when the keeper vanished
+    /// under a waiting write.
+    public func syncRefusal(_ seq: UInt64) -> String? {
+        guard mode != .async else { return nil }
+        switch awaitApplied(seq) {
+        case .applied: return nil
+        case .notApplied(let why): return mode == .strict ? why : nil
+        case .keeperLost(let why): return why
+        }
     }
 
     /// Waits until the keeper has acknowledged everything emitted so far (or the timeout).
@@ -192,6 +218,7 @@ public final class TapEmitter: Sendable {
             } catch {
                 let text = error.description
                 state.update { s in
+                    if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
                     s.connected = false
                     s.followerInSync = false
                     s.connection = nil
@@ -287,6 +314,7 @@ public final class TapEmitter: Sendable {
                 let text = "\(error)"
                 state.update { s in
                     if s.connection === ch.stream.socket {
+                        if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
                         s.connected = false
                         s.followerInSync = false
                         s.lastError = text

@@ -32,9 +32,7 @@ public final class TappedClient {
 
     /// Journals one acknowledged write and applies the sync policy.
     func journal(_ op: RecordOp, _ key: [UInt8]) throws(TapError) {
-        let seq = tap.emit(op, key: key)
-        guard tap.mode != .async else { return }
-        if case .notApplied(let why) = tap.awaitApplied(seq), tap.mode == .strict { throw .notReplicated(why) }
+        if let why = tap.syncRefusal(tap.emit(op, key: key)) { throw .notReplicated(why) }
     }
 
     func call<R>(_ body: () throws(MemcacheError) -> R) throws(TapError) -> R {

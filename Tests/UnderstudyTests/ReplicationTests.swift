@@ -124,6 +124,38 @@ struct ReplicationTests {
         #expect(try stale.get(Array("stale-only-on-passive".utf8)) == nil)
     }
 
+    /// A sync-mode write waiting for the follower when the keeper vanishes (as when the
+    /// active node crashes: the memcached that said STORED may be gone too) is refused, not
+    /// degraded; a write sent once the tap knows the keeper is gone degrades as before.
+    @Test func syncWriteWaitingWhenTheKeeperDiesIsRefused() throws {
+        let h = try PairHarness(tapMode: "sync")
+        try h.waitCaughtUp()
+        let c = try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000)
+        #expect(try c.set(Array("before".utf8), [1]) == .stored)
+        kill(h.follower!.pid, SIGSTOP)
+        defer { kill(h.follower!.pid, SIGCONT) }
+        let outcome = Monitor<String?>(nil)
+        let tap = h.tapEndpoint
+        let writer = Thread {
+            do {
+                let r = try MemcacheConnection(tap, ioTimeoutMs: 10_000).set(Array("in-flight".utf8), [2])
+                outcome.update { $0 = "answered \(r)" }
+            } catch {
+                outcome.update { $0 = "refused: \(error)" }
+            }
+        }
+        writer.start()
+        usleep(300_000)
+        #expect(outcome.withLock { $0 } == nil, "the write must be waiting for the stopped follower")
+        h.keeper!.kill9()
+        #expect(waitUntil(10) { outcome.withLock { $0 } != nil })
+        let got = outcome.withLock { $0 } ?? "no answer"
+        #expect(got.contains("refused") && got.contains("keeper connection lost"), "\(got)")
+        // The keeper is known gone now: the next write degrades to async and is answered.
+        let c2 = try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000)
+        #expect(try c2.set(Array("after".utf8), [3]) == .stored)
+    }
+
     @Test func statusAndMetricsTellTheTruth() throws {
         let h = try PairHarness()
         try h.write(0..<100, prefix: "m")
