@@ -43,9 +43,6 @@ final class PairHarness: @unchecked Sendable {
         try startTap(mode: tapMode)
     }
 
-    /// The tap's --sync-timeout: a sync-mode answer this slow was degraded to async.
-    static let syncTimeoutMs: Int64 = 2000
-
     var secretArgs: [String] { secret.map { ["--secret-file", $0] } ?? [] }
 
     func startKeeper() throws {
@@ -69,7 +66,7 @@ final class PairHarness: @unchecked Sendable {
 
     func startTap(mode: String = "async") throws {
         tap = try ChildProcess(Paths.understudy, ["tap", "--listen", "127.0.0.1:\(tapPort)", "--memcached", active.address,
-                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode, "--sync-timeout", String(Self.syncTimeoutMs)] + secretArgs,
+                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode, "--sync-timeout", "2000"] + secretArgs,
                                name: "tap", logDir: dir)
         try tap!.waitForLog("connected to journal keeper")
     }

@@ -12,9 +12,6 @@ final class WriteModel: @unchecked Sendable {
         var acked: Bool
         /// Monotonic ms when the client got the acknowledgement.
         var ackedAtMs: Int64
-        /// How long the client waited for the answer (a sync-mode ack that took the whole
-        /// --sync-timeout was degraded to async by design).
-        var latencyMs: Int64
     }
 
     private let lock = NSLock()
@@ -22,19 +19,17 @@ final class WriteModel: @unchecked Sendable {
     private(set) var acked = 0
     private(set) var failed = 0
 
-    func record(_ key: String, _ value: [UInt8]?, acked ok: Bool, startedAtMs: Int64) {
-        let now = Clock.monotonicMs()
+    func record(_ key: String, _ value: [UInt8]?, acked ok: Bool) {
         lock.withLock {
-            ops[key, default: []].append(Op(value: value, acked: ok, ackedAtMs: ok ? now : 0, latencyMs: now - startedAtMs))
+            ops[key, default: []].append(Op(value: value, acked: ok, ackedAtMs: ok ? Clock.monotonicMs() : 0))
             if ok { acked += 1 } else { failed += 1 }
         }
     }
 
     struct Loss {
         let key: String
-        /// When the lost write was acknowledged (monotonic ms), and how long its ack took.
+        /// When the lost write was acknowledged (monotonic ms).
         let ackedAtMs: Int64
-        let latencyMs: Int64
     }
 
     /// Keys whose state on `endpoint` no acknowledged history allows.
@@ -48,8 +43,7 @@ final class WriteModel: @unchecked Sendable {
             let lastAck = history.lastIndex { $0.acked }
             let allowed = history[(lastAck ?? 0)...].map(\.value) + (lastAck == nil ? [nil] : [])
             if !allowed.contains(where: { $0 == got }) {
-                lost.append(Loss(key: key, ackedAtMs: lastAck.map { history[$0].ackedAtMs } ?? 0,
-                                 latencyMs: lastAck.map { history[$0].latencyMs } ?? 0))
+                lost.append(Loss(key: key, ackedAtMs: lastAck.map { history[$0].ackedAtMs } ?? 0))
             }
         }
         return lost
@@ -79,16 +73,15 @@ final class Workload: @unchecked Sendable {
                 let key = "drill-\(rng.next() % UInt64(keys))"
                 let delete = rng.next() % 10 == 0
                 let value: [UInt8]? = delete ? nil : Array("v\(seq)-".utf8) + [UInt8](repeating: 0x61, count: Int(rng.next() % 200))
-                let started = Clock.monotonicMs()
                 do {
                     if let value {
-                        model.record(key, value, acked: try conn!.set(Array(key.utf8), value) == .stored, startedAtMs: started)
+                        model.record(key, value, acked: try conn!.set(Array(key.utf8), value) == .stored)
                     } else {
                         _ = try conn!.delete(Array(key.utf8))
-                        model.record(key, nil, acked: true, startedAtMs: started)
+                        model.record(key, nil, acked: true)
                     }
                 } catch {
-                    model.record(key, value, acked: false, startedAtMs: started)
+                    model.record(key, value, acked: false)
                     conn?.close()
                     conn = nil
                 }
