@@ -227,7 +227,8 @@ final class Follower: Sendable {
             default:
                 throw FollowerFailure.journal("unexpected reply to follow")
             }
-            try ch.stream.socket.setIOTimeout(milliseconds: 0)
+            // The keeper pings when idle; silence this long means it (or the link) is gone.
+            try ch.stream.socket.setIOTimeout(milliseconds: JournalTiming.followerSilenceLimitMs)
         } catch let e as FollowerFailure {
             ch.stream.socket.close()
             throw e

@@ -154,10 +154,14 @@ final class Keeper: Sendable {
         Log.warning("keeper", "journal gap at offset \(s.backlog.lastOffset): \(reason); the follower will resync")
     }
 
-    /// Sends acks, applied seqs and follower sync state to one tap as they change.
+    /// Sends acks, applied seqs and follower sync state to one tap as they change, and the sync
+    /// state again every ``JournalTiming/keepaliveMs`` as a keepalive: the tap takes silence
+    /// for a dead keeper (see ``JournalTiming``).
     func tapWriter(_ ch: JournalChannel, tapID: [UInt8], closed: Monitor<Bool>) {
         var sentAck: UInt64 = 0, sentApplied: UInt64 = 0
         var sentSync: Bool?
+        var lastKeepalive: UInt64 = 0
+        let keepaliveNanos = UInt64(JournalTiming.keepaliveMs) * 1_000_000
         while !closed.withLock({ $0 }) {
             let read = { (s: inout State, _: Bool) in
                 (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync, s.stopping)
@@ -167,7 +171,7 @@ final class Keeper: Sendable {
             }
             var (ack, applied, inSync, stop) = state.wait(until: { s in
                 urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck
-            }, timeoutMs: 500, read)
+            }, timeoutMs: JournalTiming.keepaliveMs, read)
             if stop { ch.stream.socket.shutdown(); return }
             if applied == sentApplied && inSync == sentSync {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
@@ -177,7 +181,11 @@ final class Keeper: Sendable {
                 (ack, applied, inSync, stop) = state.wait(until: urgent, timeoutMs: 2, read)
                 if stop { ch.stream.socket.shutdown(); return }
             }
-            if inSync != sentSync { ch.queue(.syncState(followerInSync: inSync)) }
+            let now = Clock.monoNanos()
+            if inSync != sentSync || now - lastKeepalive >= keepaliveNanos {
+                ch.queue(.syncState(followerInSync: inSync))
+                lastKeepalive = now
+            }
             if ack != sentAck { ch.queue(.tapAck(seq: ack)) }
             if applied != sentApplied { ch.queue(.tapApplied(seq: applied)) }
             do { try ch.flush() } catch { ch.stream.socket.shutdown(); return }
@@ -241,8 +249,6 @@ final class Keeper: Sendable {
         }
     }
 
-    static let followerSilenceLimitMs: UInt64 = 3000
-
     func streamToFollower(_ ch: JournalChannel, from: UInt64, id: Int) {
         var cursor = from
         var lastSend = Clock.monoNanos()
@@ -256,7 +262,7 @@ final class Keeper: Sendable {
             let lastAck = state.withLock { $0.followerLastAck }
             let now = Clock.monoNanos()
             let silentMs = now > lastAck ? (now - lastAck) / 1_000_000 : 0
-            if silentMs > Self.followerSilenceLimitMs {
+            if silentMs > JournalTiming.followerSilenceLimitMs {
                 Log.warning("keeper", "follower \(ch.stream.socket.remoteAddress) silent for \(silentMs) ms; dropping it (sync taps degrade now)")
                 return
             }

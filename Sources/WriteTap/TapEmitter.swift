@@ -65,6 +65,9 @@ public final class TapEmitter: Sendable {
         /// The highest seq emitted when the keeper connection was last lost. A sync write at or
         /// below it was waiting on a keeper that vanished: see ``syncRefusal(_:)``.
         var lastDisconnectSeq: UInt64 = 0
+        /// When the keeper was last heard from (monotonic ns); it speaks at least every
+        /// ``JournalTiming/keepaliveMs``.
+        var lastHeard: UInt64 = 0
         var stopping = false
         var connection: Socket?
         var counters = Counters()
@@ -152,10 +155,23 @@ public final class TapEmitter: Sendable {
     /// Blocks until the follower has applied record `seq`, or the sync timeout passes, or the
     /// keeper says no follower is in sync, or the keeper connection drops (then at once:
     /// waiting cannot help).
+    ///
+    /// A timeout alone does not let a sync write degrade: the keeper may have died with the
+    /// memcached that stored the write and its link (a node crash sends no FIN), and then the
+    /// write exists nowhere. So past the deadline the tap waits for proof that the keeper is
+    /// alive — any frame heard after the deadline, at most a keepalive away — and only then
+    /// degrades; silence until the connection is declared lost refuses the write instead.
     public func awaitApplied(_ seq: UInt64) -> SyncOutcome {
-        let outcome = state.wait(until: { s in
+        let deadline = Clock.monoNanos() + UInt64(max(options.syncTimeoutMs, 0)) * 1_000_000
+        let settled = { (s: State) in
             s.applied >= seq || s.stopping || (s.connected && !s.followerInSync) || s.lastDisconnectSeq >= seq
-        }, timeoutMs: options.syncTimeoutMs) { s, _ -> SyncOutcome in
+        }
+        let inTime = state.wait(until: settled, timeoutMs: options.syncTimeoutMs) { _, ok in ok }
+        if !inTime {
+            state.wait(until: { s in settled(s) || !s.connected || s.lastHeard > deadline },
+                       timeoutMs: JournalTiming.silenceLimitMs + JournalTiming.keepaliveMs) { _, _ in }
+        }
+        return state.update { s -> SyncOutcome in
             if s.applied >= seq {
                 s.counters.syncApplied += 1
                 return .applied
@@ -164,12 +180,16 @@ public final class TapEmitter: Sendable {
                 s.counters.syncFailed += 1
                 return .keeperLost("journal keeper connection lost before the follower applied the write: \(s.lastError)")
             }
+            if s.connected && s.followerInSync && s.lastHeard <= deadline && !s.stopping {
+                s.counters.syncFailed += 1
+                let silentMs = (Clock.monoNanos() - min(s.lastHeard, Clock.monoNanos())) / 1_000_000
+                return .keeperLost("journal keeper silent for \(silentMs) ms while the write waited")
+            }
             if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
             if !s.connected { return .notApplied("journal keeper unreachable: \(s.lastError)") }
             if !s.followerInSync { return .notApplied("no in-sync follower") }
             return .notApplied("follower did not apply within \(options.syncTimeoutMs) ms")
         }
-        return outcome
     }
 
     /// The sync policy, for every form of the tap: nil when the client may be answered, else
@@ -244,9 +264,11 @@ public final class TapEmitter: Sendable {
             guard case .tapWelcome(_, let keeperAcked) = try ch.receive() else {
                 throw Handshake.Failure.channel(.journal(.unexpected("expected tap welcome")))
             }
-            // Reads block indefinitely now; the reader thread ends when the socket is shut down.
-            try? socket.setIOTimeout(milliseconds: 0)
+            // The keeper speaks at least every keepalive; silence this long means it is gone
+            // (see JournalTiming), and the reader then drops the connection.
+            try? socket.setIOTimeout(milliseconds: JournalTiming.silenceLimitMs)
             state.update { s in
+                s.lastHeard = Clock.monoNanos()
                 s.trim(upTo: min(keeperAcked, s.nextSeq - 1))
                 s.sentUpTo = s.acked
                 s.gapSent = false
@@ -298,17 +320,30 @@ public final class TapEmitter: Sendable {
     func readAcks(_ ch: JournalChannel) {
         while true {
             do {
-                switch try ch.receive() {
+                let m = try ch.receive()
+                let now = Clock.monoNanos()
+                switch m {
                 case .tapAck(let seq): state.update(signalling: { s in
+                    s.lastHeard = now
                     s.trim(upTo: seq)
                     return ((), false)
                 })
-                case .tapApplied(let seq): state.update { s in s.applied = max(s.applied, seq) }
-                case .syncState(let ok): state.update { s in s.followerInSync = ok }
+                case .tapApplied(let seq): state.update { s in
+                    s.lastHeard = now
+                    s.applied = max(s.applied, seq)
+                }
+                // Also the keeper's keepalive: it wakes writes waiting for proof of life.
+                case .syncState(let ok): state.update { s in
+                    s.lastHeard = now
+                    s.followerInSync = ok
+                }
                 case .refused(let why):
                     Log.warning("tap", "keeper refused: \(why)")
                     throw JournalChannel.ReceiveError.journal(.refused(why))
-                default: continue
+                default: state.update(signalling: { s in
+                    s.lastHeard = now
+                    return ((), false)
+                })
                 }
             } catch {
                 let text = "\(error)"

@@ -134,17 +134,7 @@ struct ReplicationTests {
         #expect(try c.set(Array("before".utf8), [1]) == .stored)
         kill(h.follower!.pid, SIGSTOP)
         defer { kill(h.follower!.pid, SIGCONT) }
-        let outcome = Monitor<String?>(nil)
-        let tap = h.tapEndpoint
-        let writer = Thread {
-            do {
-                let r = try MemcacheConnection(tap, ioTimeoutMs: 10_000).set(Array("in-flight".utf8), [2])
-                outcome.update { $0 = "answered \(r)" }
-            } catch {
-                outcome.update { $0 = "refused: \(error)" }
-            }
-        }
-        writer.start()
+        let outcome = setInBackground(h.tapEndpoint, "in-flight", [2])
         usleep(300_000)
         #expect(outcome.withLock { $0 } == nil, "the write must be waiting for the stopped follower")
         h.keeper!.kill9()
@@ -154,6 +144,44 @@ struct ReplicationTests {
         // The keeper is known gone now: the next write degrades to async and is answered.
         let c2 = try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000)
         #expect(try c2.set(Array("after".utf8), [3]) == .stored)
+    }
+
+    /// A keeper that dies with its link cut sends no FIN: the tap hears only silence. A sync
+    /// write must not be answered as stored then (the write may exist nowhere), so it is
+    /// refused once the keeper's keepalives stop, and nothing is lost: after the keeper comes
+    /// back the tap resends the record and the follower applies the write.
+    @Test func syncWriteIsRefusedWhenTheKeeperFallsSilent() throws {
+        let h = try PairHarness(tapMode: "sync")
+        try h.waitCaughtUp()
+        let keeper = h.keeper!.pid
+        kill(keeper, SIGSTOP)  // alive, connections open, silent: what a cut link looks like
+        var resumed = false
+        defer { if !resumed { kill(keeper, SIGCONT) } }
+        let outcome = setInBackground(h.tapEndpoint, "unheard", [7])
+        #expect(waitUntil(10) { outcome.withLock { $0 } != nil })
+        let got = outcome.withLock { $0 } ?? "no answer"
+        #expect(got.contains("refused") && got.contains("not replicated"), "\(got)")
+        kill(keeper, SIGCONT)
+        resumed = true
+        let passive = try h.passive.connect()
+        #expect(waitUntil(20) { (try? passive.get(Array("unheard".utf8)))??.value == [7] },
+                "the refused write stands on the active and must still reach the passive")
+        let c = try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000)
+        #expect(waitUntil(20) { (try? c.set(Array("heard".utf8), [8])) == .stored })
+    }
+
+    /// A set through the tap on its own thread; the result reads "answered …" or "refused: …".
+    private func setInBackground(_ tap: Endpoint, _ key: String, _ value: [UInt8]) -> Monitor<String?> {
+        let outcome = Monitor<String?>(nil)
+        Thread {
+            do {
+                let r = try MemcacheConnection(tap, ioTimeoutMs: 10_000).set(Array(key.utf8), value)
+                outcome.update { $0 = "answered \(r)" }
+            } catch {
+                outcome.update { $0 = "refused: \(error)" }
+            }
+        }.start()
+        return outcome
     }
 
     @Test func statusAndMetricsTellTheTruth() throws {
