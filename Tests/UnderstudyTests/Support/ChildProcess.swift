@@ -9,11 +9,14 @@ final class ChildProcess: @unchecked Sendable {
     let logPath: String
     let name: String
 
-    init(_ executable: String, _ args: [String], name: String, logDir: String) throws {
+    /// `launcher` (e.g. `ip netns exec NS`) execs the program in place, so `pid` stays the
+    /// program's own.
+    init(_ executable: String, _ args: [String], name: String, logDir: String, launcher: [String] = []) throws {
         self.name = name
         logPath = "\(logDir)/\(name).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process = try Subprocess(executable, args, stdout: .file(logPath), stderr: .file(logPath))
+        let argv = launcher + [executable] + args
+        process = try Subprocess(argv[0], Array(argv.dropFirst()), stdout: .file(logPath), stderr: .file(logPath))
         let pid = process.pid
         // No test runs anywhere near this long; a leaked child must not outlive the run.
         DispatchQueue.global().asyncAfter(deadline: .now() + 900) { kill(pid, SIGKILL) }

@@ -9,22 +9,24 @@ final class MemcachedServer: @unchecked Sendable {
     let port: UInt16
     let child: ChildProcess
     let dir: String
+    let placement: Placement
 
     /// memcached must be installed (`.ci/run` installs it); a missing binary fails the test
     /// with that message instead of skipping it.
-    init(memoryMB: Int = 256, extraArgs: [String] = [], port: UInt16? = nil, dir: String? = nil) throws {
+    init(memoryMB: Int = 256, extraArgs: [String] = [], port: UInt16? = nil, dir: String? = nil, placement: Placement = .loopback) throws {
         guard let bin = Paths.which("memcached") else { throw TestFailure("memcached is not installed (apt-get install memcached)") }
         let p = port ?? Ports.free()
         self.port = p
         self.dir = dir ?? Paths.tempDir("mc")
-        var args = ["-p", String(p), "-l", "127.0.0.1", "-U", "0", "-m", String(memoryMB), "-t", "2"]
+        self.placement = placement
+        var args = ["-p", String(p), "-l", placement.host, "-U", "0", "-m", String(memoryMB), "-t", "2"]
         if getuid() == 0 { args += ["-u", "root"] }
-        child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: self.dir)
+        child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: self.dir, launcher: placement.launcher)
         try waitReady()
     }
 
-    var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
-    var address: String { "127.0.0.1:\(port)" }
+    var endpoint: Endpoint { Endpoint(host: placement.host, port: port) }
+    var address: String { "\(placement.host):\(port)" }
 
     func waitReady() throws {
         for _ in 0..<500 {
@@ -59,7 +61,7 @@ final class MemcachedServer: @unchecked Sendable {
     /// A restarted memcached is empty, as after a crash.
     func restart() throws -> MemcachedServer {
         child.kill9()
-        return try MemcachedServer(port: port, dir: dir)
+        return try MemcachedServer(port: port, dir: dir, placement: placement)
     }
 
     /// memcached 1.6 spends ~0.8 s shutting down on SIGTERM; a test fixture holds nothing

@@ -5,7 +5,8 @@ import UnderstudyCore
 import UnderstudyPosix
 
 /// Two memcacheds, an active and a passive `understudy serve` and an `understudy tap`, all as
-/// real processes of the built binary on loopback.
+/// real processes of the built binary: on loopback, or with each node (memcached and daemon)
+/// in its own network namespace and the tap on the test's side, so a drill can partition them.
 final class PairHarness: @unchecked Sendable {
     let dir: String
     let active: MemcachedServer
@@ -22,15 +23,23 @@ final class PairHarness: @unchecked Sendable {
     var restarts = 0
     var keeperArgs: [String]
     var followerArgs: [String]
+    /// Where node "a" (the active) and node "b" run.
+    let a: Placement
+    let b: Placement
 
+    /// With `nodes`, the daemons listen on the namespaces' addresses, which needs a secret
+    /// (protected mode): pass one.
     init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256, tapMode: String = "async",
-         keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"]) throws {
+         keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"],
+         nodes: NodeNamespaces? = nil) throws {
         dir = Paths.tempDir("pair")
         self.backlog = backlog
         self.keeperArgs = keeperArgs
         self.followerArgs = followerArgs
-        active = try MemcachedServer(memoryMB: activeMemoryMB)
-        passive = try MemcachedServer(memoryMB: activeMemoryMB)
+        a = nodes?.a ?? .loopback
+        b = nodes?.b ?? .loopback
+        active = try MemcachedServer(memoryMB: activeMemoryMB, placement: a)
+        passive = try MemcachedServer(memoryMB: activeMemoryMB, placement: b)
         if let secret {
             self.secret = dir + "/secret"
             try Data((secret + "\n").utf8).write(to: URL(fileURLWithPath: self.secret!))
@@ -44,29 +53,31 @@ final class PairHarness: @unchecked Sendable {
     }
 
     var secretArgs: [String] { secret.map { ["--secret-file", $0] } ?? [] }
+    var journalA: String { "\(a.host):\(activePort)" }
+    var journalB: String { "\(b.host):\(passivePort)" }
 
     func startKeeper() throws {
         keeper = try ChildProcess(Paths.understudy, ["serve", "--role", "active", "--memcached", active.address,
-                                                    "--listen", "127.0.0.1:\(activePort)", "--control", dir + "/a.sock",
+                                                    "--listen", journalA, "--control", dir + "/a.sock",
                                                     "--state-dir", dir + "/a", "--backlog-size", backlog,
-                                                    "--peer", "127.0.0.1:\(passivePort)", "--peer-memcached", passive.address] + keeperArgs + secretArgs,
-                                  name: "keeper", logDir: dir)
+                                                    "--peer", journalB, "--peer-memcached", passive.address] + keeperArgs + secretArgs,
+                                  name: "keeper", logDir: dir, launcher: a.launcher)
         try keeper!.waitForLog("ready")
     }
 
     func startFollower() throws {
         restarts += 1
         follower = try ChildProcess(Paths.understudy, ["serve", "--role", "passive", "--memcached", passive.address,
-                                                      "--listen", "127.0.0.1:\(passivePort)", "--peer", "127.0.0.1:\(activePort)",
+                                                      "--listen", journalB, "--peer", journalA,
                                                       "--peer-memcached", active.address, "--control", dir + "/b.sock",
                                                       "--state-dir", dir + "/b"] + followerArgs + (followerSecret.map { ["--secret-file", $0] } ?? []),
-                                    name: "follower\(restarts)", logDir: dir)
+                                    name: "follower\(restarts)", logDir: dir, launcher: b.launcher)
         try follower!.waitForLog("ready")
     }
 
     func startTap(mode: String = "async") throws {
         tap = try ChildProcess(Paths.understudy, ["tap", "--listen", "127.0.0.1:\(tapPort)", "--memcached", active.address,
-                                                 "--journal", "127.0.0.1:\(activePort)", "--mode", mode, "--sync-timeout", "2000"] + secretArgs,
+                                                 "--journal", journalA, "--mode", mode, "--sync-timeout", "2000"] + secretArgs,
                                name: "tap", logDir: dir)
         try tap!.waitForLog("connected to journal keeper")
     }
