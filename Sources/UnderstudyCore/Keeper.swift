@@ -119,7 +119,9 @@ final class Keeper: Sendable {
     func journal(_ recs: [TapRecord], tapID: [UInt8]) {
         let stamp = Clock.wallNanos()
         state.update { s in
-            var tap = s.taps[tapID] ?? TapState()
+            // Taken out of the dictionary so it is uniquely referenced: appending to `marks`
+            // in a copy would copy the whole array on every batch.
+            var tap = s.taps.removeValue(forKey: tapID) ?? TapState()
             for r in recs {
                 if r.seq <= tap.lastSeq { continue }  // resent after a reconnect: already journaled
                 if tap.lastSeq > 0 && r.seq > tap.lastSeq + 1 {
@@ -303,17 +305,14 @@ final class Keeper: Sendable {
                 s.followerLastAck = Clock.monoNanos()
                 s.followerApplied = max(s.followerApplied, applied)
                 s.followerInSync = true
-                for (tid, var t) in s.taps {
-                    var applySeq = t.appliedSeq
+                for tid in Array(s.taps.keys) {
+                    var t = s.taps.removeValue(forKey: tid)!  // unique, so edits do not copy
                     var drop = 0
                     for m in t.marks {
-                        if m.offset <= s.followerApplied { applySeq = max(applySeq, m.seq); drop += 1 } else { break }
+                        if m.offset <= s.followerApplied { t.appliedSeq = max(t.appliedSeq, m.seq); drop += 1 } else { break }
                     }
-                    if drop > 0 {
-                        t.marks.removeFirst(drop)
-                        t.appliedSeq = applySeq
-                        s.taps[tid] = t
-                    }
+                    if drop > 0 { t.marks.removeFirst(drop) }
+                    s.taps[tid] = t
                 }
             }
         }

@@ -22,8 +22,10 @@ public enum Clock {
     /// Monotonic milliseconds, for deadlines.
     public static func monotonicMs() -> Int64 { Int64(monoNanos() / 1_000_000) }
 
-    public static func sleep(milliseconds: Int) {
-        var want = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
+    public static func sleep(milliseconds: Int) { sleep(microseconds: milliseconds * 1000) }
+
+    public static func sleep(microseconds: Int) {
+        var want = timespec(tv_sec: microseconds / 1_000_000, tv_nsec: (microseconds % 1_000_000) * 1000)
         var left = timespec()
         while nanosleep(&want, &left) == -1 && errno == EINTR { want = left }
     }

@@ -285,6 +285,7 @@ public final class TapEmitter: Sendable {
             throw .channel(.stream(error as! StreamError))
         }
         Threads.start("tap-acks") { [self] in readAcks(ch) }
+        var lastSend: UInt64 = 0
         while true {
             state.update(signalling: { s in
                 s.senderIdle = true
@@ -314,8 +315,21 @@ public final class TapEmitter: Sendable {
             if let g = batch.gap { ch.queue(.tapGap(fromSeq: g.fromSeq, lost: g.lost)) }
             if !batch.records.isEmpty { ch.queue(.records(batch.records)) }
             do { try ch.flush() } catch { throw .channel(.stream(error)) }
+            // Under sustained async load, let records gather for a moment before the next
+            // batch: one wake-up and one write per record, on both the tap and the keeper,
+            // cost more CPU than the proxying itself. Nobody waits on an async record, and a
+            // quiet tap (the last send long ago) still sends at once. Sync writers are
+            // waiting, so their records go out without delay.
+            let now = Clock.monoNanos()
+            if options.mode == .async && !batch.records.isEmpty && now - lastSend < Self.coalesceWhenBusierThanNanos {
+                Clock.sleep(microseconds: Self.coalesceMicros)
+            }
+            lastSend = now
         }
     }
+
+    static let coalesceWhenBusierThanNanos: UInt64 = 100_000
+    static let coalesceMicros = 200
 
     func readAcks(_ ch: JournalChannel) {
         while true {
