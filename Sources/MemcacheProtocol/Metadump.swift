@@ -45,6 +45,7 @@ public struct MetadumpEntry: Equatable, Sendable {
     }
 
     /// memcached percent-encodes every byte outside unreserved URI characters.
+    @inlinable
     public static func percentDecode<C: Collection>(_ s: C) -> [UInt8]? where C.Element == UInt8 {
         var out: [UInt8] = []
         out.reserveCapacity(s.count)
@@ -60,6 +61,7 @@ public struct MetadumpEntry: Equatable, Sendable {
         return out
     }
 
+    @inlinable
     static func hexValue(_ c: UInt8) -> UInt8? {
         switch c {
         case 0x30...0x39: return c - 0x30

@@ -37,6 +37,7 @@ public enum ProtocolError: Error, CustomStringConvertible, Sendable, Equatable {
 public enum Bytes {
     /// Printable text for logs and errors; non-UTF-8 bytes are shown as escapes, and very long
     /// input is cut so one bad line cannot flood a log.
+    @inlinable
     public static func text<C: Collection>(_ bytes: C, limit: Int = 200) -> String where C.Element == UInt8 {
         var s = ""
         for b in bytes.prefix(limit) {
@@ -46,12 +47,16 @@ public enum Bytes {
         return s
     }
 
+    @usableFromInline
     static func hex(_ b: UInt8) -> String {
         let digits = Array("0123456789abcdef".utf8)
         return String(decoding: [digits[Int(b >> 4)], digits[Int(b & 15)]], as: UTF8.self)
     }
 
     /// Parses an unsigned decimal; nil on anything else (including overflow).
+    /// Inlinable, as the other generic helpers here: callers in other modules would otherwise
+    /// run the unspecialized generic (a profile of full sync spent half its time there).
+    @inlinable
     public static func parseUInt<C: Collection>(_ bytes: C) -> UInt64? where C.Element == UInt8 {
         guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
         var v: UInt64 = 0
@@ -65,6 +70,7 @@ public enum Bytes {
         return v
     }
 
+    @inlinable
     public static func parseInt<C: Collection>(_ bytes: C) -> Int64? where C.Element == UInt8 {
         if bytes.first == UInt8(ascii: "-") {
             guard let v = parseUInt(bytes.dropFirst()), v <= UInt64(Int64.max) else { return nil }
