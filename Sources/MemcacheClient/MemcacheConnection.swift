@@ -31,8 +31,7 @@ public final class MemcacheConnection {
 
     /// Sends pre-encoded requests in one write (hot paths build their own pipelines).
     public func send(_ bytes: [UInt8]) throws(MemcacheError) {
-        stream.write(bytes)
-        try flush()
+        do { try stream.flush(then: bytes) } catch { throw .transport(error) }
     }
 
     func flush() throws(MemcacheError) {

@@ -195,13 +195,25 @@ public final class ByteStream {
 
     public func flush() throws(StreamError) {
         guard !output.isEmpty else { return }
+        try send(output)
+        output.removeAll(keepingCapacity: true)
+    }
+
+    /// Sends whatever is queued, then `bytes` straight from the caller's buffer: a large
+    /// pipelined batch (full sync writes megabytes of values) is not copied once more into
+    /// the output buffer first.
+    public func flush(then bytes: [UInt8]) throws(StreamError) {
+        try flush()
+        try send(bytes)
+    }
+
+    private func send(_ bytes: [UInt8]) throws(StreamError) {
         do {
-            try socket.write(output)
+            try socket.write(bytes)
         } catch {
             if error.isTimeout { throw .timeout(peer: peer) }
             if error.errno == EPIPE || error.errno == ECONNRESET { throw .closed(peer: peer) }
             throw .system(error)
         }
-        output.removeAll(keepingCapacity: true)
     }
 }
