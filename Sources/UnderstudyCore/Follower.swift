@@ -228,7 +228,7 @@ final class Follower: Sendable {
                 throw FollowerFailure.journal("unexpected reply to follow")
             }
             // The keeper pings when idle; silence this long means it (or the link) is gone.
-            try ch.stream.socket.setIOTimeout(milliseconds: JournalTiming.followerSilenceLimitMs)
+            try ch.stream.socket.setIOTimeout(readMs: JournalTiming.followerSilenceLimitMs, writeMs: 0)
         } catch let e as FollowerFailure {
             ch.stream.socket.close()
             throw e

@@ -99,8 +99,15 @@ public final class Socket: Sendable {
     /// Bounds every later read (`SO_RCVTIMEO`) and write (`SO_SNDTIMEO`): a peer that stalls
     /// mid-reply costs at most this long, then the call throws with `isTimeout`.
     public func setIOTimeout(milliseconds: Int) throws(SystemError) {
-        try Sys.setTimeout(fd, SO_RCVTIMEO, milliseconds: milliseconds, peer)
-        try Sys.setTimeout(fd, SO_SNDTIMEO, milliseconds: milliseconds, peer)
+        try setIOTimeout(readMs: milliseconds, writeMs: milliseconds)
+    }
+
+    /// Separate bounds (0: none). A journal connection times out reads only, to notice a
+    /// silent peer; a write blocked on a peer that is alive but busy must not end it, and one
+    /// blocked on a dead peer ends when the reader shuts the socket down.
+    public func setIOTimeout(readMs: Int, writeMs: Int) throws(SystemError) {
+        try Sys.setTimeout(fd, SO_RCVTIMEO, milliseconds: readMs, peer)
+        try Sys.setTimeout(fd, SO_SNDTIMEO, milliseconds: writeMs, peer)
     }
 
     /// Returns 0 at end of stream.

@@ -266,7 +266,7 @@ public final class TapEmitter: Sendable {
             }
             // The keeper speaks at least every keepalive; silence this long means it is gone
             // (see JournalTiming), and the reader then drops the connection.
-            try? socket.setIOTimeout(milliseconds: JournalTiming.silenceLimitMs)
+            try? socket.setIOTimeout(readMs: JournalTiming.silenceLimitMs, writeMs: 0)
             state.update { s in
                 s.lastHeard = Clock.monoNanos()
                 s.trim(upTo: min(keeperAcked, s.nextSeq - 1))
