@@ -182,7 +182,8 @@ public final class TapEmitter: Sendable {
             }
             if s.connected && s.followerInSync && s.lastHeard <= deadline && !s.stopping {
                 s.counters.syncFailed += 1
-                let silentMs = (Clock.monoNanos() - min(s.lastHeard, Clock.monoNanos())) / 1_000_000
+                let now = Clock.monoNanos()
+                let silentMs = (now - min(s.lastHeard, now)) / 1_000_000
                 return .keeperLost("journal keeper silent for \(silentMs) ms while the write waited")
             }
             if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
@@ -335,30 +336,30 @@ public final class TapEmitter: Sendable {
         while true {
             do {
                 let m = try ch.receive()
-                let now = Clock.monoNanos()
-                switch m {
-                case .tapAck(let seq): state.update(signalling: { s in
-                    s.lastHeard = now
-                    s.trim(upTo: seq)
-                    return ((), false)
-                })
-                case .tapApplied(let seq): state.update { s in
-                    s.lastHeard = now
-                    s.applied = max(s.applied, seq)
-                }
-                // Also the keeper's keepalive: it wakes writes waiting for proof of life.
-                case .syncState(let ok): state.update { s in
-                    s.lastHeard = now
-                    s.followerInSync = ok
-                }
-                case .refused(let why):
+                if case .refused(let why) = m {
                     Log.warning("tap", "keeper refused: \(why)")
                     throw JournalChannel.ReceiveError.journal(.refused(why))
-                default: state.update(signalling: { s in
-                    s.lastHeard = now
-                    return ((), false)
-                })
                 }
+                let now = Clock.monoNanos()
+                // Every frame is proof the keeper lives. Only what sync writers wait on wakes
+                // them: an applied seq, or the sync state, which is also the keepalive that
+                // answers writes waiting for proof of life. Acks just free the buffer.
+                state.update(signalling: { s in
+                    s.lastHeard = now
+                    switch m {
+                    case .tapAck(let seq):
+                        s.trim(upTo: seq)
+                        return ((), false)
+                    case .tapApplied(let seq):
+                        s.applied = max(s.applied, seq)
+                        return ((), true)
+                    case .syncState(let ok):
+                        s.followerInSync = ok
+                        return ((), true)
+                    default:
+                        return ((), false)
+                    }
+                })
             } catch {
                 let text = "\(error)"
                 state.update { s in
