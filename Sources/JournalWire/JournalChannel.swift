@@ -1,13 +1,20 @@
-import UnderstudyPosix
 import Glibc
+import Synchronization
+import UnderstudyPosix
 
 /// Either side of a journal connection: frames in, frames out, over one socket.
 ///
-/// One thread may receive while another sends: the read buffer and the output buffer are
-/// disjoint, which is why this is `@unchecked Sendable`. Two readers or two writers at once
-/// are a bug.
+/// One thread receives. Any thread may send: sends are serialized by a lock, so the thread
+/// that has the news (a record journaled, a write applied) can send it itself instead of
+/// waking a writer thread, a context switch on the latency path of every sync write. The
+/// writer thread stays for what nobody else sends (keepalives, backlog, leftovers). The read
+/// buffer and the output buffer are disjoint, which is why this is `@unchecked Sendable`.
 public final class JournalChannel: @unchecked Sendable {
     public let stream: ByteStream
+    /// Held while sending; true once the channel is closed, so a thread that kept a
+    /// reference cannot write to a descriptor number the kernel may have reused.
+    private let sending = Mutex<Bool>(false)
+    private let leftover = Atomic<Bool>(false)
 
     public init(_ socket: Socket) {
         self.stream = ByteStream(socket, capacity: 64 * 1024)
@@ -15,15 +22,47 @@ public final class JournalChannel: @unchecked Sendable {
 
     public var peer: String { stream.peer }
 
-    /// Queues a message; nothing is sent until `flush`.
-    public func queue(_ m: Message) { stream.write(m.frame()) }
-
     public func send(_ m: Message) throws(StreamError) {
-        queue(m)
-        try stream.flush()
+        try send { [m] }
     }
 
-    public func flush() throws(StreamError) { try stream.flush() }
+    /// Sends what `build` returns, blocking until it is written. `build` runs under the send
+    /// lock, so messages it takes from shared state go out in the order they were taken.
+    public func send(_ build: () -> [Message]) throws(StreamError) {
+        try sending.withLock { closed throws(StreamError) in
+            if closed { throw StreamError.closed(peer: peer) }
+            for m in build() { stream.write(m.frame()) }
+            try stream.flush()
+            leftover.store(false, ordering: .releasing)
+        }
+    }
+
+    /// Sends what `build` returns if no other thread is sending and the socket takes it
+    /// without blocking: a slow or dead peer must not stall the thread that had the news.
+    /// False when it did not all go — the lock was busy (nothing was built) or bytes are
+    /// left over — and the caller must wake the writer thread, whose next `send` finishes
+    /// the job (see `hasLeftover`).
+    public func sendNow(_ build: () -> [Message]) throws(StreamError) -> Bool {
+        let result = sending.withLockIfAvailable { closed -> Result<Bool, StreamError> in
+            if closed { return .failure(.closed(peer: peer)) }
+            for m in build() { stream.write(m.frame()) }
+            let r = Result { () throws(StreamError) in try stream.flushNow() }
+            if case .success(let done) = r { leftover.store(!done, ordering: .releasing) }
+            return r
+        }
+        guard let result else { return false }
+        return try result.get()
+    }
+
+    /// Shuts the socket down and closes it once no send is in progress; later sends throw.
+    public func close() {
+        sending.withLock { $0 = true }
+        stream.socket.shutdown()
+        stream.socket.close()
+    }
+
+    /// Bytes a `sendNow` could not write; the writer thread should `send` (even nothing).
+    public var hasLeftover: Bool { leftover.load(ordering: .acquiring) }
 
     public enum ReceiveError: Error, CustomStringConvertible {
         case stream(StreamError)

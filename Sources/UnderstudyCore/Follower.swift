@@ -38,6 +38,9 @@ final class Follower: Sendable {
         /// Promotion in progress: apply what is queued, then stop instead of waiting for more.
         var draining = false
         var connection: Socket?
+        var channel: JournalChannel?
+        /// The applied offset last acked on this connection.
+        var ackSent: UInt64?
         var lastInSync: Int64?
         /// Whether the local memcached holds a complete copy as of `applied` (false from the
         /// moment a full sync is needed until one finishes). Only a valid copy is persisted.
@@ -239,6 +242,8 @@ final class Follower: Sendable {
         state.update { s in
             s.connected = true
             s.connection = ch.stream.socket
+            s.channel = ch
+            s.ackSent = nil
             s.queue.removeAll()
             s.head = 0
             s.lastError = nil
@@ -279,8 +284,8 @@ final class Follower: Sendable {
 
     func follow(_ ch: JournalChannel, copier: KeyCopier, identities: inout Identities) throws(FollowerFailure) {
         defer {
-            ch.stream.socket.shutdown()
-            ch.stream.socket.close()
+            state.withLock { s in if s.channel === ch { s.channel = nil } }
+            ch.close()
         }
         Threads.start("follower-stream") { [self] in readStream(ch) }
         Threads.start("follower-acks") { [self] in ackLoop(ch) }
@@ -325,23 +330,33 @@ final class Follower: Sendable {
         }
     }
 
-    /// The connection's only writer: acks the applied offset as soon as it moves, and at
-    /// least every 300 ms — `followerAlive` while a full sync is running — so the keeper can
-    /// tell a silent (dead) follower from a busy one.
+    /// Acks what the applier could not send itself (see `apply`), and at least every 300 ms
+    /// — `followerAlive` while a full sync is running — so the keeper can tell a silent (dead)
+    /// follower from a busy one.
     func ackLoop(_ ch: JournalChannel) {
-        var sent: UInt64?
         while true {
-            let (applied, valid, live) = state.wait(until: { s in
-                s.stopping || !s.connected || (s.copyValid && s.applied != sent)
-            }, timeoutMs: 300) { s, _ in (s.applied, s.copyValid, s.connected && !s.stopping) }
+            let (news, live) = state.wait(until: { s in
+                s.stopping || !s.connected || (s.copyValid && s.applied != s.ackSent) || ch.hasLeftover
+            }, timeoutMs: 300) { s, news in (news, s.connected && !s.stopping) }
             guard live else { return }
             do {
-                try ch.send(valid ? .followerAck(applied: applied) : .followerAlive)
+                try ch.send { ackNews(always: !news) }
             } catch {
                 ch.stream.socket.shutdown()
                 return
             }
-            if valid { sent = applied }
+        }
+    }
+
+    /// The ack for the keeper if the applied offset moved since the last one, or `always` (the
+    /// periodic one); `followerAlive` while the copy is incomplete. Call under the channel's
+    /// send lock, so the applier and the ack thread never both send, or both skip, the news.
+    func ackNews(always: Bool) -> [Message] {
+        state.withLock { s in
+            guard s.copyValid else { return always ? [.followerAlive] : [] }
+            guard always || s.applied != s.ackSent else { return [] }
+            s.ackSent = s.applied
+            return [.followerAck(applied: s.applied)]
         }
     }
 
@@ -357,15 +372,21 @@ final class Follower: Sendable {
             guard let last = runEnd else { return }
             let outcome = try copyWithRetry(keys, copier)
             let now = Clock.wallNanos()
-            state.update { s in
+            let channel = state.update(signalling: { s -> (JournalChannel?, wake: Bool) in
                 s.applied = max(s.applied, last.offset)
                 s.counters.recordsApplied += UInt64(keys.count)
                 s.counters.keysCopied += UInt64(outcome.copied)
                 s.counters.keysDeleted += UInt64(outcome.deleted)
                 s.counters.applyErrors += UInt64(outcome.errors)
                 s.lagMs = Double(max(0, now - last.stampNanos)) / 1e6
+                let wasInSync = s.inSync
                 s.markStreaming()
-            }
+                return (s.channel, s.inSync != wasInSync)
+            })
+            // The applier acks itself: a sync write waits on this ack, and waking the ack
+            // thread for it would add a context switch. If the channel is busy or full, the
+            // ack thread takes over.
+            if channel.map({ (try? $0.sendNow { ackNews(always: false) }) != true }) ?? true { state.update { _ in } }
             keys.removeAll(keepingCapacity: true)
             seen.removeAll(keepingCapacity: true)
             runEnd = nil

@@ -11,13 +11,18 @@ final class Keeper: Sendable {
         /// for turning the follower's applied offset into this tap's applied seq.
         var marks: [(offset: UInt64, seq: UInt64)] = []
         var appliedSeq: UInt64 = 0
+        /// When this tap's writer was last woken to ack journaled records (monotonic ns):
+        /// acks only free the tap's buffer, so they are not worth a wake-up per batch.
+        var lastAckWake: UInt64 = 0
     }
 
     struct State {
         var backlog: Backlog
         var taps: [[UInt8]: TapState] = [:]
         var tapConnections = 0
+        var tapLinks: [ObjectIdentifier: TapLink] = [:]
         var followerConnection: Socket?
+        var followerLink: FollowerLink?
         var followerID = 0
         var followerApplied: UInt64 = 0
         var followerInSync = false
@@ -93,9 +98,16 @@ final class Keeper: Sendable {
             Log.warning("keeper", "tap \(ch.peer): \(error)")
             return
         }
-        defer { state.update { $0.tapConnections -= 1 } }
+        let link = TapLink(ch, tapID: tapID)
+        state.update { $0.tapLinks[ObjectIdentifier(link)] = link }
+        defer {
+            state.update { s in
+                s.tapConnections -= 1
+                s.tapLinks[ObjectIdentifier(link)] = nil
+            }
+        }
         let closed = Monitor(false)
-        Threads.start("keeper-tap-writer") { [self] in tapWriter(ch, tapID: tapID, closed: closed) }
+        Threads.start("keeper-tap-writer") { [self] in tapWriter(link, closed: closed) }
         defer {
             closed.update { $0 = true }
             state.update { _ in }
@@ -118,7 +130,8 @@ final class Keeper: Sendable {
 
     func journal(_ recs: [TapRecord], tapID: [UInt8]) {
         let stamp = Clock.wallNanos()
-        state.update { s in
+        let now = Clock.monoNanos()
+        let (link, ackDue) = state.update(signalling: { s -> ((FollowerLink?, Bool), wake: Bool) in
             // Taken out of the dictionary so it is uniquely referenced: appending to `marks`
             // in a copy would copy the whole array on every batch.
             var tap = s.taps.removeValue(forKey: tapID) ?? TapState()
@@ -134,8 +147,37 @@ final class Keeper: Sendable {
             }
             tap.marks.append((s.backlog.lastOffset, tap.lastSeq))
             if tap.marks.count > 4096 { tap.marks.removeFirst(2048) }
+            let ackDue = now - tap.lastAckWake >= Self.ackCoalesceNanos
+            if ackDue { tap.lastAckWake = now }
             s.taps[tapID] = tap
+            return ((s.followerLink, ackDue), false)
+        })
+        // The follower gets the records from this thread when its link is free: waking the
+        // streamer would add a context switch to every record's way to the passive. If the
+        // link is busy, the socket full or the follower behind, the streamer takes over.
+        var streamed = true
+        if let link {
+            var behind = false
+            let sent = try? link.ch.sendNow {
+                guard let news = state.withLock({ streamNews(link, &$0) }) else { behind = true; return [] }
+                return news
+            }
+            streamed = sent == true && !behind
         }
+        if !streamed || ackDue { state.update { _ in } }
+    }
+
+    /// How long a tap's writer may sleep on unacknowledged records (it coalesces acks).
+    static let ackCoalesceNanos: UInt64 = 2_000_000
+
+    /// The next stream frame for the follower; empty when there is nothing new, nil when the
+    /// follower fell behind the backlog. Call under the link's send lock.
+    func streamNews(_ link: FollowerLink, _ s: inout State) -> [Message]? {
+        guard s.followerID == link.id, !s.stopping else { return [] }
+        guard let batch = s.backlog.read(from: link.cursor.load(ordering: .relaxed), max: 4096) else { return nil }
+        guard let last = batch.last else { return [] }
+        link.cursor.store(last.offset + 1, ordering: .relaxed)
+        return [.stream(batch)]
     }
 
     func journalGap(tapID: [UInt8], from: UInt64, lost: UInt64, reason: String) {
@@ -158,40 +200,49 @@ final class Keeper: Sendable {
 
     /// Sends acks, applied seqs and follower sync state to one tap as they change, and the sync
     /// state again every ``JournalTiming/keepaliveMs`` as a keepalive: the tap takes silence
-    /// for a dead keeper (see ``JournalTiming``).
-    func tapWriter(_ ch: JournalChannel, tapID: [UInt8], closed: Monitor<Bool>) {
-        var sentAck: UInt64 = 0, sentApplied: UInt64 = 0
+    /// for a dead keeper (see ``JournalTiming``). Applied seqs usually go out from the
+    /// follower-ack thread (see `relayApplied`); this sends what that thread could not.
+    func tapWriter(_ link: TapLink, closed: Monitor<Bool>) {
+        let (ch, tapID) = (link.ch, link.tapID)
+        var sentAck: UInt64 = 0
         var sentSync: Bool?
         var lastKeepalive: UInt64 = 0
         let keepaliveNanos = UInt64(JournalTiming.keepaliveMs) * 1_000_000
+        let urgent = { (s: State) in
+            s.stopping || (s.taps[tapID]?.appliedSeq ?? 0) > link.sentApplied.load(ordering: .relaxed)
+                || s.followerInSync != sentSync || ch.hasLeftover
+        }
         while !closed.withLock({ $0 }) {
-            let read = { (s: inout State, _: Bool) in
-                (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync, s.stopping)
-            }
-            let urgent = { (s: State) in
-                s.stopping || (s.taps[tapID]?.appliedSeq ?? 0) != sentApplied || s.followerInSync != sentSync
-            }
-            var (ack, applied, inSync, stop) = state.wait(until: { s in
-                urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck
-            }, timeoutMs: JournalTiming.keepaliveMs, read)
-            if stop { ch.stream.socket.shutdown(); return }
-            if applied == sentApplied && inSync == sentSync {
+            var stop = state.wait(until: { s in urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck },
+                                  timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping }
+            if !stop && !state.withLock({ urgent($0) }) {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
                 // coalesce them for up to 2 ms rather than answer every batch with a wake-up
                 // and a write. An applied seq (a sync-mode client is waiting on it) or a sync
                 // state change ends the wait at once.
-                (ack, applied, inSync, stop) = state.wait(until: urgent, timeoutMs: 2, read)
-                if stop { ch.stream.socket.shutdown(); return }
+                stop = state.wait(until: urgent, timeoutMs: 2) { s, _ in s.stopping }
             }
-            let now = Clock.monoNanos()
-            if inSync != sentSync || now - lastKeepalive >= keepaliveNanos {
-                ch.queue(.syncState(followerInSync: inSync))
-                lastKeepalive = now
+            if stop { ch.stream.socket.shutdown(); return }
+            do {
+                try ch.send {
+                    let (ack, applied, inSync) = state.withLock { s in
+                        (s.taps[tapID]?.lastSeq ?? 0, s.taps[tapID]?.appliedSeq ?? 0, s.followerInSync)
+                    }
+                    var out: [Message] = []
+                    let now = Clock.monoNanos()
+                    if inSync != sentSync || now - lastKeepalive >= keepaliveNanos {
+                        out.append(.syncState(followerInSync: inSync))
+                        lastKeepalive = now
+                    }
+                    if ack != sentAck { out.append(.tapAck(seq: ack)) }
+                    out += link.appliedNews(applied)
+                    (sentAck, sentSync) = (ack, inSync)
+                    return out
+                }
+            } catch {
+                ch.stream.socket.shutdown()
+                return
             }
-            if ack != sentAck { ch.queue(.tapAck(seq: ack)) }
-            if applied != sentApplied { ch.queue(.tapApplied(seq: applied)) }
-            do { try ch.flush() } catch { ch.stream.socket.shutdown(); return }
-            (sentAck, sentApplied, sentSync) = (ack, applied, inSync)
         }
     }
 
@@ -240,25 +291,29 @@ final class Keeper: Sendable {
             Log.warning("keeper", "follower \(ch.peer): \(error)")
             return
         }
+        let link = FollowerLink(ch, id: id, from: startOffset)
+        state.update { s in if s.followerID == id { s.followerLink = link } }
         Threads.start("keeper-follower-acks") { [self] in readFollowerAcks(ch, id: id) }
-        streamToFollower(ch, from: startOffset, id: id)
+        streamToFollower(link)
         ch.stream.socket.shutdown()
         state.update { s in
             if s.followerID == id {
                 s.followerConnection = nil
+                s.followerLink = nil
                 s.followerInSync = false
             }
         }
     }
 
-    func streamToFollower(_ ch: JournalChannel, from: UInt64, id: Int) {
-        var cursor = from
+    /// Streams what the journaling threads could not send themselves (see `journal`), pings
+    /// an idle follower, and drops one that has gone silent or fell behind the backlog.
+    func streamToFollower(_ link: FollowerLink) {
+        let (ch, id) = (link.ch, link.id)
         var lastSend = Clock.monoNanos()
         while true {
-            let (batch, end, live) = state.wait(until: { s in s.stopping || s.followerID != id || s.backlog.nextOffset > cursor },
-                                                timeoutMs: 250) { s, _ in
-                (s.backlog.read(from: cursor, max: 4096), s.backlog.lastOffset, !s.stopping && s.followerID == id)
-            }
+            let live = state.wait(until: { s in
+                s.stopping || s.followerID != id || s.backlog.nextOffset > link.cursor.load(ordering: .relaxed) || ch.hasLeftover
+            }, timeoutMs: 250) { s, _ in !s.stopping && s.followerID == id }
             guard live else { return }
             // Read the ack time first: the ack thread may move it past a `now` taken earlier.
             let lastAck = state.withLock { $0.followerLastAck }
@@ -268,42 +323,49 @@ final class Keeper: Sendable {
                 Log.warning("keeper", "follower \(ch.stream.socket.remoteAddress) silent for \(silentMs) ms; dropping it (sync taps degrade now)")
                 return
             }
-            guard let batch else {
-                Log.warning("keeper", "follower \(ch.peer) fell behind the backlog (needs offset \(cursor)); disconnecting it so it resyncs")
-                return
-            }
+            var behind = false
             do {
-                if !batch.isEmpty {
-                    ch.queue(.stream(batch))
-                    cursor = batch.last!.offset + 1
-                    lastSend = Clock.monoNanos()
-                } else if Clock.monoNanos() - lastSend > 200_000_000 {
-                    ch.queue(.ping(endOffset: end, stampNanos: Clock.wallNanos()))
-                    lastSend = Clock.monoNanos()
+                try ch.send {
+                    let news = state.withLock { s -> [Message]? in
+                        guard let news = streamNews(link, &s) else { return nil }
+                        if news.isEmpty && Clock.monoNanos() - lastSend > 200_000_000 {
+                            return [.ping(endOffset: s.backlog.lastOffset, stampNanos: Clock.wallNanos())]
+                        }
+                        return news
+                    }
+                    guard let news else { behind = true; return [] }
+                    if !news.isEmpty { lastSend = Clock.monoNanos() }
+                    return news
                 }
-                try ch.flush()
             } catch {
                 Log.warning("keeper", "follower \(ch.peer): \(error)")
+                return
+            }
+            if behind {
+                Log.warning("keeper", "follower \(ch.peer) fell behind the backlog (needs offset \(link.cursor.load(ordering: .relaxed))); disconnecting it so it resyncs")
                 return
             }
         }
     }
 
+    /// Reads the follower's acks: it acks at least every 300 ms, so its silence is noticed
+    /// (`streamToFollower`), and each applied offset becomes an applied seq per tap.
     func readFollowerAcks(_ ch: JournalChannel, id: Int) {
         while true {
             let m = try? ch.receive()
             if case .followerAlive? = m {
-                state.update { s in if s.followerID == id { s.followerLastAck = Clock.monoNanos() } }
+                state.withLock { s in if s.followerID == id { s.followerLastAck = Clock.monoNanos() } }
                 continue
             }
             guard case .followerAck(let applied)? = m else {
                 ch.stream.socket.shutdown()
                 return
             }
-            state.update { s in
-                guard s.followerID == id else { return }
+            let news = state.update(signalling: { s -> ([(TapLink, UInt64)], wake: Bool) in
+                guard s.followerID == id else { return ([], false) }
                 s.followerLastAck = Clock.monoNanos()
                 s.followerApplied = max(s.followerApplied, applied)
+                let becameInSync = !s.followerInSync
                 s.followerInSync = true
                 for tid in Array(s.taps.keys) {
                     var t = s.taps.removeValue(forKey: tid)!  // unique, so edits do not copy
@@ -314,7 +376,24 @@ final class Keeper: Sendable {
                     if drop > 0 { t.marks.removeFirst(drop) }
                     s.taps[tid] = t
                 }
-            }
+                let news = s.tapLinks.values.compactMap { link -> (TapLink, UInt64)? in
+                    guard let a = s.taps[link.tapID]?.appliedSeq, a > link.sentApplied.load(ordering: .relaxed) else { return nil }
+                    return (link, a)
+                }
+                return (news, becameInSync)
+            })
+            relayApplied(news)
         }
+    }
+
+    /// Sends each tap its new applied seq from this thread: sync writes are waiting on it.
+    /// What cannot go at once (the tap's writer is sending, or its socket is full) is left to
+    /// the tap's writer thread, woken for it.
+    func relayApplied(_ news: [(TapLink, UInt64)]) {
+        var handOff = false
+        for (link, applied) in news where (try? link.ch.sendNow { link.appliedNews(applied) }) != true {
+            handOff = true
+        }
+        if handOff { state.update { _ in } }
     }
 }

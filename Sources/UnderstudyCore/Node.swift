@@ -111,9 +111,9 @@ public final class Node: Sendable {
     // MARK: journal port
 
     func serveJournal(_ conn: Socket) {
-        defer { conn.close() }
-        try? conn.setIOTimeout(milliseconds: 5000)
         let ch = JournalChannel(conn)
+        defer { ch.close() }
+        try? conn.setIOTimeout(milliseconds: 5000)
         let (epoch, keeper) = state.withLock { ($0.persisted.epoch, $0.keeper) }
         let kind: Message.PeerKind
         do {

@@ -207,13 +207,32 @@ public final class ByteStream {
         try send(bytes)
     }
 
+    /// Sends what the socket takes without blocking and keeps the rest queued for the next
+    /// `flush`. True when nothing is left. For a thread that has news but must not stall on a
+    /// slow peer (see `JournalChannel.sendNow`).
+    public func flushNow() throws(StreamError) -> Bool {
+        guard !output.isEmpty else { return true }
+        let sent: Int
+        do {
+            sent = try output.withUnsafeBytes { raw in Result { () throws(SystemError) in try socket.writeNow(raw) } }.get()
+        } catch {
+            throw streamError(error)
+        }
+        output.removeFirst(sent)
+        return output.isEmpty
+    }
+
     private func send(_ bytes: [UInt8]) throws(StreamError) {
         do {
             try socket.write(bytes)
         } catch {
-            if error.isTimeout { throw .timeout(peer: peer) }
-            if error.errno == EPIPE || error.errno == ECONNRESET { throw .closed(peer: peer) }
-            throw .system(error)
+            throw streamError(error)
         }
+    }
+
+    private func streamError(_ error: SystemError) -> StreamError {
+        if error.isTimeout { return .timeout(peer: peer) }
+        if error.errno == EPIPE || error.errno == ECONNRESET { return .closed(peer: peer) }
+        return .system(error)
     }
 }

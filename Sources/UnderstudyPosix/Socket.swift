@@ -123,6 +123,17 @@ public final class Socket: Sendable {
         }
     }
 
+    /// Writes what fits in the socket buffer without blocking; returns how many bytes went.
+    public func writeNow(_ bytes: UnsafeRawBufferPointer) throws(SystemError) -> Int {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = try Sys.sendNow(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...]), peer)
+            if sent == 0 { break }
+            offset += sent
+        }
+        return offset
+    }
+
     public func write(_ bytes: [UInt8]) throws(SystemError) {
         try bytes.withUnsafeBytes { raw in Result { () throws(SystemError) in try write(raw) } }.get()
     }

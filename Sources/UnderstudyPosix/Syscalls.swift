@@ -37,6 +37,15 @@ public enum Sys {
         try retrying("write \(what())") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// Sends without blocking: 0 when the socket buffer is full (EAGAIN), which is not an error.
+    public static func sendNow(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
+        do {
+            return try retrying("write \(what())") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+            return 0
+        }
+    }
+
     public static func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
         try retrying("write \(what())") { Glibc.write(fd, buffer.baseAddress, buffer.count) }
     }

@@ -70,6 +70,7 @@ public final class TapEmitter: Sendable {
         var lastHeard: UInt64 = 0
         var stopping = false
         var connection: Socket?
+        var channel: JournalChannel?
         var counters = Counters()
         /// The sender is (about to be) asleep waiting for records: only then does `emit`
         /// need to wake it.
@@ -77,6 +78,8 @@ public final class TapEmitter: Sendable {
         var lastError = ""
 
         var unacked: Int { pending.count - head }
+        /// Records buffered but not yet sent on this connection.
+        var hasUnsent: Bool { unacked > 0 && pending.last!.seq > sentUpTo }
 
         mutating func trim(upTo seq: UInt64) {
             if seq > acked {
@@ -114,10 +117,17 @@ public final class TapEmitter: Sendable {
     /// blocks on the network. Returns the record's tap sequence number.
     @discardableResult
     public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
-        state.update { s -> (UInt64, wake: Bool) in
+        let sendsItself = options.mode != .async
+        let (seq, channel) = state.update { s -> ((UInt64, JournalChannel?), wake: Bool) in
             let seq = emitLocked(&s, op, key)
-            return (seq, s.senderIdle)
+            return ((seq, sendsItself ? s.channel : nil), !sendsItself && s.senderIdle)
         }
+        // A sync writer is about to wait for this record anyway: it sends it itself rather
+        // than wait for the sender thread to be scheduled. If it cannot (another thread is
+        // sending, or the socket is full), the sender takes over.
+        if let channel, (try? channel.sendNow({ state.withLock { takeBatch(&$0) } })) == true { return seq }
+        if sendsItself { state.update { _ in } }
+        return seq
     }
 
     private func emitLocked(_ s: inout State, _ op: RecordOp, _ key: [UInt8]) -> UInt64 {
@@ -243,6 +253,7 @@ public final class TapEmitter: Sendable {
                     s.connected = false
                     s.followerInSync = false
                     s.connection = nil
+                    s.channel = nil
                     s.lastError = text
                 }
                 if text != lastLogged {
@@ -259,7 +270,7 @@ public final class TapEmitter: Sendable {
     /// One connection's life: welcome, resend from the keeper's last ack, then stream.
     func serve(_ ch: JournalChannel) throws(Handshake.Failure) {
         let socket = ch.stream.socket
-        defer { socket.shutdown(); socket.close() }
+        defer { ch.close() }
         do {
             try ch.send(.tapStart(tapID: tapID))
             guard case .tapWelcome(_, let keeperAcked) = try ch.receive() else {
@@ -275,6 +286,7 @@ public final class TapEmitter: Sendable {
                 s.gapSent = false
                 s.connected = true
                 s.connection = socket
+                s.channel = ch
                 s.counters.reconnects += 1
             }
             Log.info("tap", "connected to journal keeper \(options.journal)")
@@ -292,41 +304,57 @@ public final class TapEmitter: Sendable {
                 s.senderIdle = true
                 return ((), false)
             })
-            let batch = state.wait(until: { s in
-                s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || (s.unacked > 0 && s.pending.last!.seq > s.sentUpTo)
-            }, timeoutMs: 1000) { s, _ -> (gap: PendingGap?, records: [TapRecord], live: Bool) in
+            let live = state.wait(until: { s in
+                s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || s.hasUnsent || ch.hasLeftover
+            }, timeoutMs: 1000) { s, _ -> Bool in
                 s.senderIdle = false
-                guard !s.stopping, s.connected else { return (nil, [], false) }
-                var gap: PendingGap?
-                if let g = s.gap, !s.gapSent {
-                    gap = g
-                    s.gapSent = true
-                }
-                var recs: [TapRecord] = []
-                var i = s.head
-                while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
-                while i < s.pending.count && recs.count < 8192 {
-                    recs.append(s.pending[i])
-                    i += 1
-                }
-                if let last = recs.last { s.sentUpTo = last.seq }
-                return (gap, recs, true)
+                return !s.stopping && s.connected
             }
-            guard batch.live else { throw .channel(.stream(.closed(peer: ch.peer))) }
-            if let g = batch.gap { ch.queue(.tapGap(fromSeq: g.fromSeq, lost: g.lost)) }
-            if !batch.records.isEmpty { ch.queue(.records(batch.records)) }
-            do { try ch.flush() } catch { throw .channel(.stream(error)) }
+            guard live else { throw .channel(.stream(.closed(peer: ch.peer))) }
+            var sentRecords = false
+            do {
+                try ch.send {
+                    let batch = state.withLock { takeBatch(&$0) }
+                    sentRecords = !batch.isEmpty
+                    return batch
+                }
+            } catch {
+                throw .channel(.stream(error))
+            }
             // Under sustained async load, let records gather for a moment before the next
             // batch: one wake-up and one write per record, on both the tap and the keeper,
             // cost more CPU than the proxying itself. Nobody waits on an async record, and a
             // quiet tap (the last send long ago) still sends at once. Sync writers are
             // waiting, so their records go out without delay.
             let now = Clock.monoNanos()
-            if options.mode == .async && !batch.records.isEmpty && now - lastSend < Self.coalesceWhenBusierThanNanos {
+            if options.mode == .async && sentRecords && now - lastSend < Self.coalesceWhenBusierThanNanos {
                 Clock.sleep(microseconds: Self.coalesceMicros)
             }
             lastSend = now
         }
+    }
+
+    /// The next frames for the keeper: a gap not yet reported, then records not yet sent.
+    /// Called under the channel's send lock, so what it takes goes out in seq order.
+    func takeBatch(_ s: inout State) -> [Message] {
+        guard !s.stopping, s.connected else { return [] }
+        var out: [Message] = []
+        if let g = s.gap, !s.gapSent {
+            s.gapSent = true
+            out.append(.tapGap(fromSeq: g.fromSeq, lost: g.lost))
+        }
+        var recs: [TapRecord] = []
+        var i = s.head
+        while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
+        while i < s.pending.count && recs.count < 8192 {
+            recs.append(s.pending[i])
+            i += 1
+        }
+        if let last = recs.last {
+            s.sentUpTo = last.seq
+            out.append(.records(recs))
+        }
+        return out
     }
 
     static let coalesceWhenBusierThanNanos: UInt64 = 100_000

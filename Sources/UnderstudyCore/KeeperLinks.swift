@@ -1,0 +1,42 @@
+import JournalWire
+import Synchronization
+
+/// A tap's journal connection as the keeper writes to it. Two threads write: the tap's writer
+/// thread (acks, sync state, keepalives) and the follower-ack thread, which sends a new
+/// applied seq itself, so a sync write waiting on it is not also waiting for the writer
+/// thread to be scheduled.
+final class TapLink: Sendable {
+    let ch: JournalChannel
+    let tapID: [UInt8]
+    /// The highest applied seq sent; changed only under the channel's send lock.
+    let sentApplied = Atomic<UInt64>(0)
+
+    init(_ ch: JournalChannel, tapID: [UInt8]) {
+        self.ch = ch
+        self.tapID = tapID
+    }
+
+    /// The applied message if `applied` is news. Call under the channel's send lock, so two
+    /// threads never both send (or both skip) the same news.
+    func appliedNews(_ applied: UInt64) -> [Message] {
+        guard applied > sentApplied.load(ordering: .relaxed) else { return [] }
+        sentApplied.store(applied, ordering: .relaxed)
+        return [.tapApplied(seq: applied)]
+    }
+}
+
+/// The follower's journal connection as the keeper streams to it: from the streamer thread,
+/// or straight from the thread that journaled the records when the link is free.
+final class FollowerLink: Sendable {
+    let ch: JournalChannel
+    let id: Int
+    /// The next offset to send; changed only under the channel's send lock, so batches go
+    /// out in offset order whichever thread sends them.
+    let cursor: Atomic<UInt64>
+
+    init(_ ch: JournalChannel, id: Int, from: UInt64) {
+        self.ch = ch
+        self.id = id
+        self.cursor = Atomic(from)
+    }
+}
