@@ -118,10 +118,10 @@ public final class TapEmitter: Sendable {
     @discardableResult
     public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
         let sendsItself = options.mode != .async
-        let (seq, channel) = state.update { s -> ((UInt64, JournalChannel?), wake: Bool) in
+        let (seq, channel) = state.update(signalling: { s -> ((UInt64, JournalChannel?), wake: Bool) in
             let seq = emitLocked(&s, op, key)
             return ((seq, sendsItself ? s.channel : nil), !sendsItself && s.senderIdle)
-        }
+        })
         // A sync writer is about to wait for this record anyway: it sends it itself rather
         // than wait for the sender thread to be scheduled. If it cannot (another thread is
         // sending, or the socket is full), the sender takes over.
