@@ -2,14 +2,16 @@ import Glibc
 import Synchronization
 
 /// Loopback ports for tests: above 20000, spread by pid so parallel runs on one machine do
-/// not collide, and checked free by binding before use.
+/// not collide, and checked free by binding before use. They stay below Linux's ephemeral
+/// range (32768 and up): a port there can be taken by some outgoing connection's local end
+/// between the check and the server's bind, which failed a run with "Address already in use".
 enum Ports {
-    private static let next = Atomic<Int>(20000 + Int(getpid() % 2000) * 20)
+    static let range = 20000..<32768
+    private static let next = Atomic<Int>(Int(getpid() % 600) * 20)
 
     static func free() -> UInt16 {
         for _ in 0..<2000 {
-            var p = next.add(1, ordering: .relaxed).newValue
-            if p > 64000 { p = 20000 + p % 40000 }
+            let p = range.lowerBound + next.add(1, ordering: .relaxed).newValue % range.count
             if isFree(UInt16(p)) { return UInt16(p) }
         }
         fatalError("no free loopback port found")
