@@ -39,19 +39,18 @@ public final class JournalChannel: @unchecked Sendable {
 
     /// Sends what `build` returns if no other thread is sending and the socket takes it
     /// without blocking: a slow or dead peer must not stall the thread that had the news.
-    /// False when it did not all go — the lock was busy (nothing was built) or bytes are
-    /// left over — and the caller must wake the writer thread, whose next `send` finishes
-    /// the job (see `hasLeftover`).
-    public func sendNow(_ build: () -> [Message]) throws(StreamError) -> Bool {
-        let result = sending.withLockIfAvailable { closed -> Result<Bool, StreamError> in
-            if closed { return .failure(.closed(peer: peer)) }
+    /// False when it did not all go — the lock was busy or the channel closed (nothing was
+    /// built), bytes are left over, or the socket failed — and the caller must wake the
+    /// writer thread, whose next `send` finishes the job or meets the error (see
+    /// `hasLeftover`).
+    public func sendNow(_ build: () -> [Message]) -> Bool {
+        sending.withLockIfAvailable { closed -> Bool in
+            if closed { return false }
             for m in build() { stream.write(m.frame()) }
-            let r = Result { () throws(StreamError) in try stream.flushNow() }
-            if case .success(let done) = r { leftover.store(!done, ordering: .releasing) }
-            return r
-        }
-        guard let result else { return false }
-        return try result.get()
+            guard let done = try? stream.flushNow() else { return false }
+            leftover.store(!done, ordering: .releasing)
+            return done
+        } ?? false
     }
 
     /// Shuts the socket down and closes it once no send is in progress; later sends throw.

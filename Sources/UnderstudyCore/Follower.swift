@@ -37,7 +37,6 @@ final class Follower: Sendable {
         var stopping = false
         /// Promotion in progress: apply what is queued, then stop instead of waiting for more.
         var draining = false
-        var connection: Socket?
         var channel: JournalChannel?
         /// The applied offset last acked on this connection.
         var ackSent: UInt64?
@@ -75,21 +74,17 @@ final class Follower: Sendable {
     func start() { Threads.start("follower") { [self] in run() } }
 
     func stop() {
-        let c = state.update { s -> Socket? in
+        let channel = state.update { s -> JournalChannel? in
             s.stopping = true
-            return s.connection
+            return s.channel
         }
-        c?.shutdown()
+        channel?.stream.socket.shutdown()
     }
 
     /// Applies what has been received and can still be read from the active, then stops.
     /// Bounded by `timeoutMs`: a dead active cannot be read, so waiting longer is pointless.
     func drainAndStop(timeoutMs: Int) -> (applied: UInt64, unapplied: Int) {
-        let c = state.update { s -> Socket? in
-            s.draining = true
-            return s.connection
-        }
-        _ = c
+        state.update { $0.draining = true }
         let done = state.wait(until: { $0.phase == "stopped" }, timeoutMs: timeoutMs) { _, ok in ok }
         if !done {
             stop()
@@ -241,7 +236,6 @@ final class Follower: Sendable {
         }
         state.update { s in
             s.connected = true
-            s.connection = ch.stream.socket
             s.channel = ch
             s.ackSent = nil
             s.queue.removeAll()
@@ -258,7 +252,7 @@ final class Follower: Sendable {
             let m: Message
             do { m = try ch.receive() } catch {
                 state.update { s in
-                    if s.connection === ch.stream.socket {
+                    if s.channel === ch {
                         s.connected = false
                         if !s.stopping { s.lastError = "keeper stream: \(error)" }
                     }
@@ -386,7 +380,7 @@ final class Follower: Sendable {
             // The applier acks itself: a sync write waits on this ack, and waking the ack
             // thread for it would add a context switch. If the channel is busy or full, the
             // ack thread takes over.
-            if channel.map({ (try? $0.sendNow { ackNews(always: false) }) != true }) ?? true { state.update { _ in } }
+            if channel?.sendNow({ ackNews(always: false) }) != true { state.update { _ in } }
             keys.removeAll(keepingCapacity: true)
             seen.removeAll(keepingCapacity: true)
             runEnd = nil

@@ -19,7 +19,7 @@ final class Keeper: Sendable {
     struct State {
         var backlog: Backlog
         var taps: [[UInt8]: TapState] = [:]
-        var tapConnections = 0
+        /// The taps connected (welcomed) now.
         var tapLinks: [ObjectIdentifier: TapLink] = [:]
         var followerConnection: Socket?
         var followerLink: FollowerLink?
@@ -74,7 +74,7 @@ final class Keeper: Sendable {
         state.withLock { s in
             KeeperStatus(runID: String(runID, radix: 16), endOffset: s.backlog.lastOffset, backlogFirstOffset: s.backlog.firstOffset,
                          backlogRecords: s.backlog.count, backlogBytes: s.backlog.bytes, backlogLimitBytes: s.backlog.limitBytes,
-                         tapsConnected: s.tapConnections, followerConnected: s.followerConnection != nil,
+                         tapsConnected: s.tapLinks.count, followerConnected: s.followerConnection != nil,
                          followerAddress: s.followerAddress, followerApplied: s.followerApplied, followerInSync: s.followerInSync,
                          counters: s.counters)
         }
@@ -88,10 +88,7 @@ final class Keeper: Sendable {
         do {
             guard case .tapStart(let id) = try ch.receive() else { return }
             tapID = id
-            let acked = state.update { s -> UInt64 in
-                s.tapConnections += 1
-                return s.taps[id]?.lastSeq ?? 0
-            }
+            let acked = state.withLock { $0.taps[id]?.lastSeq ?? 0 }
             try ch.send(.tapWelcome(runID: runID, ackedSeq: acked))
             try ch.stream.socket.setIOTimeout(milliseconds: 0)
         } catch {
@@ -100,12 +97,7 @@ final class Keeper: Sendable {
         }
         let link = TapLink(ch, tapID: tapID)
         state.update { $0.tapLinks[ObjectIdentifier(link)] = link }
-        defer {
-            state.update { s in
-                s.tapConnections -= 1
-                s.tapLinks[ObjectIdentifier(link)] = nil
-            }
-        }
+        defer { state.update { $0.tapLinks[ObjectIdentifier(link)] = nil } }
         let closed = Monitor(false)
         Threads.start("keeper-tap-writer") { [self] in tapWriter(link, closed: closed) }
         defer {
@@ -158,11 +150,10 @@ final class Keeper: Sendable {
         var streamed = true
         if let link {
             var behind = false
-            let sent = try? link.ch.sendNow {
+            streamed = link.ch.sendNow {
                 guard let news = state.withLock({ streamNews(link, &$0) }) else { behind = true; return [] }
                 return news
-            }
-            streamed = sent == true && !behind
+            } && !behind
         }
         if !streamed || ackDue { state.update { _ in } }
     }
@@ -391,7 +382,7 @@ final class Keeper: Sendable {
     /// the tap's writer thread, woken for it.
     func relayApplied(_ news: [(TapLink, UInt64)]) {
         var handOff = false
-        for (link, applied) in news where (try? link.ch.sendNow { link.appliedNews(applied) }) != true {
+        for (link, applied) in news where !link.ch.sendNow({ link.appliedNews(applied) }) {
             handOff = true
         }
         if handOff { state.update { _ in } }

@@ -69,7 +69,6 @@ public final class TapEmitter: Sendable {
         /// ``JournalTiming/keepaliveMs``.
         var lastHeard: UInt64 = 0
         var stopping = false
-        var connection: Socket?
         var channel: JournalChannel?
         var counters = Counters()
         /// The sender is (about to be) asleep waiting for records: only then does `emit`
@@ -125,7 +124,7 @@ public final class TapEmitter: Sendable {
         // A sync writer is about to wait for this record anyway: it sends it itself rather
         // than wait for the sender thread to be scheduled. If it cannot (another thread is
         // sending, or the socket is full), the sender takes over.
-        if let channel, (try? channel.sendNow({ state.withLock { takeBatch(&$0) } })) == true { return seq }
+        if let channel, channel.sendNow({ state.withLock { takeBatch(&$0) } }) { return seq }
         if sendsItself { state.update { _ in } }
         return seq
     }
@@ -228,11 +227,11 @@ public final class TapEmitter: Sendable {
     }
 
     public func stop() {
-        let conn = state.update { s -> Socket? in
+        let channel = state.update { s -> JournalChannel? in
             s.stopping = true
-            return s.connection
+            return s.channel
         }
-        conn?.shutdown()
+        channel?.stream.socket.shutdown()
     }
 
     // MARK: sender
@@ -252,7 +251,6 @@ public final class TapEmitter: Sendable {
                     if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
                     s.connected = false
                     s.followerInSync = false
-                    s.connection = nil
                     s.channel = nil
                     s.lastError = text
                 }
@@ -285,7 +283,6 @@ public final class TapEmitter: Sendable {
                 s.sentUpTo = s.acked
                 s.gapSent = false
                 s.connected = true
-                s.connection = socket
                 s.channel = ch
                 s.counters.reconnects += 1
             }
@@ -391,7 +388,7 @@ public final class TapEmitter: Sendable {
             } catch {
                 let text = "\(error)"
                 state.update { s in
-                    if s.connection === ch.stream.socket {
+                    if s.channel === ch {
                         if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
                         s.connected = false
                         s.followerInSync = false
