@@ -11,7 +11,8 @@ let package = Package(
         .library(name: "WriteTap", targets: ["WriteTap"]),
     ],
     targets: [
-        .target(name: "UnderstudyPosix", swiftSettings: strict),
+        .target(name: "CLinuxEvents"),
+        .target(name: "UnderstudyPosix", dependencies: ["CLinuxEvents"], swiftSettings: strict),
         .target(name: "MemcacheProtocol", swiftSettings: strict),
         .target(name: "MemcacheClient", dependencies: ["UnderstudyPosix", "MemcacheProtocol"], swiftSettings: strict),
         .target(name: "JournalWire", dependencies: ["UnderstudyPosix"], swiftSettings: strict),

@@ -83,16 +83,20 @@ public final class Listener: Sendable {
     private let closed = Atomic<Bool>(false)
 
     /// Accepts until `close()`, handing each connection to `handle` on its own thread.
+    public func serve(_ name: String, _ handle: @escaping @Sendable (Socket) -> Void) {
+        acceptEach(name) { conn in Threads.start(name) { handle(conn) } }
+    }
+
+    /// Accepts until `close()`, calling `handle` with each connection on this thread.
     ///
     /// Transient failures (a client that aborted, EMFILE, ENOBUFS) are logged and retried
     /// after a short pause: one bad moment must not leave a port that accepts into its
     /// backlog but never answers.
-    public func serve(_ name: String, _ handle: @escaping @Sendable (Socket) -> Void) {
+    public func acceptEach(_ name: String, _ handle: (Socket) -> Void) {
         var lastError = ""
         while !closed.load(ordering: .acquiring) {
             do {
-                let conn = try accept()
-                Threads.start(name) { handle(conn) }
+                handle(try accept())
             } catch {
                 if closed.load(ordering: .acquiring) { return }
                 if error.description != lastError {

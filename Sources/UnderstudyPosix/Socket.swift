@@ -45,20 +45,50 @@ public final class Socket: Sendable {
     }
 
     static func connect(to addr: SocketAddress, name: String, timeoutMs: Int) throws(SystemError) -> Socket {
+        let (socket, pending) = try startConnect(to: addr, name: name)
+        if pending {
+            guard try Sys.poll(socket.fd, events: Int16(POLLOUT), timeoutMs: Int32(timeoutMs), "connect \(name)") else {
+                throw SystemError(errno: ETIMEDOUT, operation: "connect \(name) (after \(timeoutMs) ms)")
+            }
+            try socket.finishConnect()
+        }
+        Sys.setNonBlocking(socket.fd, false)
+        return socket
+    }
+
+    /// Starts connecting a non-blocking socket to the first address of `endpoint` that does
+    /// not refuse at once. `pending`: the handshake is in flight; when the socket turns
+    /// writable, `finishConnect` tells how it ended. For event loops, which cannot wait.
+    public static func startConnect(to endpoint: Endpoint) throws(SystemError) -> (Socket, pending: Bool) {
+        var lastError = SystemError(errno: EHOSTUNREACH, operation: "connect \(endpoint)")
+        for addr in try endpoint.resolve() {
+            do {
+                let started = try startConnect(to: addr, name: endpoint.description)
+                try Sys.setOption(started.0.fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY \(endpoint)")
+                return started
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
+    static func startConnect(to addr: SocketAddress, name: String) throws(SystemError) -> (Socket, pending: Bool) {
         let fd = try Sys.socket(addr.family, Int32(SOCK_STREAM.rawValue), name)
         let socket = Socket(fd: fd, peer: name)
         Sys.setNonBlocking(fd, true)
         do {
             try addr.withSockaddr { (sa, len) throws(SystemError) in try Sys.connect(fd, sa, len, name) }
+            return (socket, false)
         } catch where error.errno == EINPROGRESS {
-            guard try Sys.poll(fd, events: Int16(POLLOUT), timeoutMs: Int32(timeoutMs), "connect \(name)") else {
-                throw SystemError(errno: ETIMEDOUT, operation: "connect \(name) (after \(timeoutMs) ms)")
-            }
-            let err = Sys.socketError(fd)
-            if err != 0 { throw SystemError(errno: err, operation: "connect \(name)") }
+            return (socket, true)
         }
-        Sys.setNonBlocking(fd, false)
-        return socket
+    }
+
+    /// How a pending connect ended: returns if it succeeded, throws the reason if not.
+    public func finishConnect() throws(SystemError) {
+        let err = Sys.socketError(fd)
+        if err != 0 { throw SystemError(errno: err, operation: "connect \(peer)") }
     }
 
     public static func connect(unixPath path: String) throws(SystemError) -> Socket {

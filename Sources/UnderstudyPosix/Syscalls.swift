@@ -1,3 +1,4 @@
+import CLinuxEvents
 import Glibc
 
 /// The one place that calls libc's file and socket functions.
@@ -31,6 +32,15 @@ public enum Sys {
 
     public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
         try retrying("read \(what())") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    /// Reads what is there without blocking: nil when nothing is (EAGAIN), 0 at end of stream.
+    public static func readNow(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int? {
+        do {
+            return try retrying("read \(what())") { Glibc.recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)) }
+        } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+            return nil
+        }
     }
 
     public static func send(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, _ what: @autoclosure () -> String) throws(SystemError) -> Int {
@@ -105,6 +115,25 @@ public enum Sys {
     public static func setNonBlocking(_ fd: Int32, _ on: Bool) {
         let flags = Glibc.fcntl(fd, F_GETFL)
         _ = Glibc.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
+    }
+
+    public static func epollCreate() throws(SystemError) -> Int32 {
+        try retrying("epoll_create1") { ule_epoll_create() }
+    }
+
+    public static func epollControl(_ epfd: Int32, _ op: Int32, _ fd: Int32, events: UInt32, token: UInt64, _ what: @autoclosure () -> String) throws(SystemError) {
+        _ = try retrying("epoll_ctl \(what())") { ule_epoll_ctl(epfd, op, fd, events, token) }
+    }
+
+    /// Waits for readiness; fills `tokens`/`events` and returns how many. EINTR restarts the
+    /// wait with the full timeout, which event loops tolerate: they recompute deadlines per turn.
+    public static func epollWait(_ epfd: Int32, tokens: UnsafeMutablePointer<UInt64>, events: UnsafeMutablePointer<UInt32>, max: Int32, timeoutMs: Int32) throws(SystemError) -> Int {
+        Int(try retrying("epoll_wait") { ule_epoll_wait(epfd, tokens, events, max, timeoutMs) })
+    }
+
+    /// A non-blocking eventfd, for waking a thread parked in `epoll_wait`.
+    public static func eventfd() throws(SystemError) -> Int32 {
+        try retrying("eventfd") { ule_eventfd() }
     }
 
     public static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o600) throws(SystemError) -> Int32 {

@@ -5,153 +5,189 @@ import UnderstudyPosix
 /// One client speaking the binary protocol through the tap.
 ///
 /// Quiet opcodes (SETQ, DELETEQ, ...) answer only on failure; clients end such a batch with a
-/// NOOP. Before any reply-bearing request the session checks it has no quiet request
-/// outstanding, or fences with its own NOOP; failures come back tagged with the request's
-/// opaque, so exactly the quiet writes that succeeded are journaled.
-final class BinarySession {
-    let client: ByteStream
-    let upstream: SessionUpstream
+/// NOOP. Quiet requests form a group closed by a fence: the client's NOOP, or ours (with our
+/// own opaque) before its next reply-bearing request or when its input runs dry. Failures
+/// come back tagged with the request's opaque, so exactly the quiet writes that succeeded
+/// are journaled when the fence returns.
+final class BinarySession: ProxySession {
+    private struct Quiet {
+        var opaque: UInt32
+        /// What to journal if the write succeeded; nil once it failed, or if it writes nothing.
+        var record: (RecordOp, [UInt8])?
+    }
+
+    private enum Entry {
+        case local([UInt8])
+        case reply(BinaryHeader, key: [UInt8])
+        /// `fence`: the opaque of the NOOP that closes the group; `clientFence`: the client
+        /// sent it and gets its reply.
+        case quietGroup([Quiet], fence: UInt32, clientFence: Bool)
+    }
+
+    private var inFlight = InFlight<Entry>()
+    private var unfenced: [Quiet]?
+    private var discarding = 0
+    private(set) var wantsClose = false
     let maxBody: Int
-    struct Quiet { var opaque: UInt32; var effect: BinaryPacket.Effect?; var key: [UInt8] }
-    var unfenced: [Quiet] = []
     static let fenceOpaque: UInt32 = 0xFEED_F00D
 
-    init(proxy: TapProxy, client: ByteStream) {
-        self.client = client
-        self.upstream = SessionUpstream(proxy: proxy, dialect: .binary)
+    init(maxItemSize: Int) {
         // Key, extras and value; memcached refuses values over item_size_max itself.
-        self.maxBody = proxy.itemSizeMax + 512
+        maxBody = maxItemSize + 512
     }
 
-    func run() {
-        do {
-            while try step() {}
-        } catch {}
-        if !unfenced.isEmpty { fence() }
-    }
+    var isIdle: Bool { inFlight.isEmpty && unfenced == nil }
 
-    func step() throws(StreamError) -> Bool {
-        if client.buffered < BinaryHeader.size {
-            if !unfenced.isEmpty { fence() }
-            try client.flush()
-        }
-        let headBytes: [UInt8]
-        do { headBytes = try client.readExact(BinaryHeader.size) } catch .closed { return false }
-        let h = BinaryHeader(parsing: headBytes)
-        guard h.magic == BinaryPacket.requestMagic else {
-            // memcached closes a binary connection on a bad magic byte: it cannot resynchronise.
-            return false
-        }
-        let bodyLength = Int(h.bodyLength)
-        guard bodyLength <= maxBody else {
-            try client.skip(bodyLength)
-            client.write(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.valueTooLarge, opaque: h.opaque, message: "Too large."))
-            return true
-        }
-        let body = try client.readExact(bodyLength)
-        guard Int(h.keyLength) + Int(h.extrasLength) <= bodyLength, h.keyLength <= 250 else {
-            client.write(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.invalidArguments, opaque: h.opaque, message: "Invalid arguments"))
-            return true
-        }
-        if h.opcode == BinaryPacket.Opcode.quit || h.opcode == BinaryPacket.Opcode.quitQ {
-            if !unfenced.isEmpty { fence() }
-            if h.opcode == BinaryPacket.Opcode.quit {
-                client.write(BinaryHeader(magic: BinaryPacket.responseMagic, opcode: h.opcode, opaque: h.opaque).encode())
+    // MARK: requests
+
+    func takeRequests(_ c: TapConnection) {
+        let input = c.clientIn
+        while !wantsClose {
+            if discarding > 0 {
+                let n = min(discarding, input.count)
+                input.consume(n)
+                discarding -= n
+                if discarding > 0 { break }
+                continue
             }
-            try? client.flush()
-            return false
-        }
-        let keyStart = Int(h.extrasLength)
-        let key = Array(body[keyStart..<(keyStart + Int(h.keyLength))])
-        let quiet = BinaryPacket.isQuiet(h.opcode)
-        if !quiet && !unfenced.isEmpty && h.opcode != BinaryPacket.Opcode.noop { fence() }
-        forward(headBytes + body, h, key: key, quiet: quiet)
-        return true
-    }
-
-    func forward(_ packet: [UInt8], _ h: BinaryHeader, key: [UInt8], quiet: Bool) {
-        let up: ByteStream
-        switch upstream.connection() {
-        case .success(let s): up = s
-        case .failure(let f):
-            client.write(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque, message: f.message))
-            return
-        }
-        up.write(packet)
-        let effect = BinaryPacket.effect(h.opcode)
-        do {
-            try up.flush()
-            if quiet {
-                unfenced.append(Quiet(opaque: h.opaque, effect: effect, key: key))
-                return
+            guard input.count >= BinaryHeader.size else { break }
+            let h = BinaryHeader(parsing: input.bytes(0..<BinaryHeader.size))
+            guard h.magic == BinaryPacket.requestMagic else {
+                // memcached closes a binary connection on a bad magic byte: it cannot resynchronise.
+                input.removeAll()
+                wantsClose = true
+                break
             }
-            // Replies arrive in order; with no quiet request outstanding (or a client NOOP
-            // closing a quiet batch) everything before ours belongs to the quiet ones.
-            while true {
-                let (rh, rbody) = try readResponse(up)
-                if rh.opaque == h.opaque && rh.opcode == h.opcode {
-                    if h.opcode == BinaryPacket.Opcode.noop { journalUnfenced() }
-                    var refusal: String?
-                    if rh.status == BinaryPacket.Status.ok, let effect { refusal = journal(effect, key) }
-                    if let refusal {
-                        client.write(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque, message: refusal))
-                    } else {
-                        client.write(rh.encode())
-                        client.write(rbody)
-                    }
-                    // STAT streams one packet per statistic and ends with an empty key.
-                    if h.opcode == BinaryPacket.Opcode.stat && rh.keyLength != 0 && rh.status == BinaryPacket.Status.ok { continue }
-                    return
+            let bodyLength = Int(h.bodyLength)
+            guard bodyLength <= maxBody else {
+                input.consume(BinaryHeader.size)
+                discarding = bodyLength
+                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.valueTooLarge, opaque: h.opaque, message: "Too large."))
+                continue
+            }
+            let size = BinaryHeader.size + bodyLength
+            guard input.count >= size else { break }
+            guard Int(h.keyLength) + Int(h.extrasLength) <= bodyLength, h.keyLength <= 250 else {
+                input.consume(size)
+                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.invalidArguments, opaque: h.opaque, message: "Invalid arguments"))
+                continue
+            }
+            if h.opcode == BinaryPacket.Opcode.quit || h.opcode == BinaryPacket.Opcode.quitQ {
+                input.consume(size)
+                closeGroup(c)
+                if h.opcode == BinaryPacket.Opcode.quit {
+                    answer(c, BinaryHeader(magic: BinaryPacket.responseMagic, opcode: h.opcode, opaque: h.opaque).encode())
                 }
-                noteQuietReply(rh)
-                client.write(rh.encode())
-                client.write(rbody)
+                wantsClose = true
+                break
             }
-        } catch {
-            upstream.drop()
-            if let effect { _ = journal(effect, key) }
-            client.write(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque,
-                                                    message: "connection to memcached lost: \(error)"))
-        }
-    }
-
-    func readResponse(_ up: ByteStream) throws(StreamError) -> (BinaryHeader, [UInt8]) {
-        let rh = BinaryHeader(parsing: try up.readExact(BinaryHeader.size))
-        return (rh, try up.readExact(Int(rh.bodyLength)))
-    }
-
-    /// A reply to a quiet request: a failure means its write did not happen.
-    func noteQuietReply(_ rh: BinaryHeader) {
-        if rh.status != BinaryPacket.Status.ok, let i = unfenced.firstIndex(where: { $0.opaque == rh.opaque }) {
-            unfenced[i].effect = nil
-        }
-    }
-
-    func fence() {
-        guard case .success(let up) = upstream.connection() else { return journalUnfenced() }
-        up.write(BinaryHeader(magic: BinaryPacket.requestMagic, opcode: BinaryPacket.Opcode.noop, opaque: Self.fenceOpaque).encode())
-        do {
-            try up.flush()
-            while true {
-                let (rh, rbody) = try readResponse(up)
-                if rh.opcode == BinaryPacket.Opcode.noop && rh.opaque == Self.fenceOpaque { break }
-                noteQuietReply(rh)
-                client.write(rh.encode())
-                client.write(rbody)
+            let keyStart = BinaryHeader.size + Int(h.extrasLength)
+            let key = input.bytes(keyStart..<(keyStart + Int(h.keyLength)))
+            let quiet = BinaryPacket.isQuiet(h.opcode)
+            let noop = h.opcode == BinaryPacket.Opcode.noop
+            if !quiet && !noop { closeGroup(c) }
+            if let failure = c.ensureUpstream() {
+                input.consume(size)
+                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque, message: failure))
+                continue
             }
-        } catch {
-            upstream.drop()
+            c.forwardClientBytes(size)
+            if quiet {
+                unfenced.openOrAppend(Quiet(opaque: h.opaque, record: BinaryPacket.effect(h.opcode)?.record(key)))
+            } else if noop {
+                inFlight.append(.quietGroup(unfenced ?? [], fence: h.opaque, clientFence: true))
+                unfenced = nil
+            } else {
+                inFlight.append(.reply(h, key: key))
+            }
         }
-        journalUnfenced()
+        closeGroup(c)
     }
 
-    func journalUnfenced() {
-        let pending = unfenced
-        unfenced.removeAll()
-        for q in pending { if let e = q.effect { _ = journal(e, q.key) } }
+    private func closeGroup(_ c: TapConnection) {
+        guard let quiet = unfenced else { return }
+        unfenced = nil
+        c.forward(BinaryHeader(magic: BinaryPacket.requestMagic, opcode: BinaryPacket.Opcode.noop, opaque: Self.fenceOpaque).encode())
+        inFlight.append(.quietGroup(quiet, fence: Self.fenceOpaque, clientFence: false))
     }
 
-    func journal(_ e: BinaryPacket.Effect, _ key: [UInt8]) -> String? {
-        upstream.journal(e.recordOp, e == .flush ? [] : key)
+    private func answer(_ c: TapConnection, _ bytes: [UInt8]) {
+        if inFlight.isEmpty { c.replies.add(bytes) } else { inFlight.append(.local(bytes)) }
+    }
+
+    // MARK: replies
+
+    func takeReplies(_ c: TapConnection) {
+        let input = c.upstreamIn
+        while let entry = inFlight.first {
+            if case .local(let bytes) = entry {
+                c.replies.add(bytes)
+                inFlight.removeFirst()
+                continue
+            }
+            guard input.count >= BinaryHeader.size else { return }
+            let rh = BinaryHeader(parsing: input.bytes(0..<BinaryHeader.size))
+            let size = BinaryHeader.size + Int(rh.bodyLength)
+            guard input.count >= size else { return }
+            switch entry {
+            case .local:
+                break
+            case .quietGroup(var quiet, let fence, let clientFence):
+                if rh.opcode == BinaryPacket.Opcode.noop && rh.opaque == fence {
+                    inFlight.removeFirst()
+                    let ticket = c.journal(quiet.compactMap(\.record))
+                    if clientFence {
+                        c.relay(size, waitingFor: ticket, refusal: .none)
+                    } else {
+                        input.consume(size)
+                    }
+                    continue
+                }
+                // A reply to a quiet request: a failure means its write did not happen.
+                if rh.status != BinaryPacket.Status.ok, let i = quiet.firstIndex(where: { $0.opaque == rh.opaque }) {
+                    quiet[i].record = nil
+                    inFlight.updateFirst { $0 = .quietGroup(quiet, fence: fence, clientFence: clientFence) }
+                }
+                c.relay(size)
+            case .reply(let h, let key):
+                guard rh.opaque == h.opaque && rh.opcode == h.opcode else {
+                    // Not ours (a client reusing opaques across quiet requests): pass it on.
+                    c.relay(size)
+                    continue
+                }
+                // STAT streams one packet per statistic and ends with an empty key.
+                if h.opcode == BinaryPacket.Opcode.stat && rh.keyLength != 0 && rh.status == BinaryPacket.Status.ok {
+                    c.relay(size)
+                    continue
+                }
+                inFlight.removeFirst()
+                let record = rh.status == BinaryPacket.Status.ok ? BinaryPacket.effect(h.opcode)?.record(key) : nil
+                c.relay(size, waitingFor: c.journal(record.map { [$0] } ?? []), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
+            }
+        }
+    }
+
+    // MARK: failure
+
+    func upstreamLost(_ c: TapConnection, reason: String) {
+        var records = (unfenced ?? []).compactMap(\.record)
+        unfenced = nil
+        for entry in inFlight.removeAll() {
+            switch entry {
+            case .local(let bytes):
+                c.replies.add(bytes)
+            case .quietGroup(let quiet, let fence, let clientFence):
+                records += quiet.compactMap(\.record)
+                if clientFence { c.replies.add(Self.lost(BinaryPacket.Opcode.noop, fence, reason)) }
+            case .reply(let h, let key):
+                if let r = BinaryPacket.effect(h.opcode)?.record(key) { records.append(r) }
+                c.replies.add(Self.lost(h.opcode, h.opaque, reason))
+            }
+        }
+        _ = c.journal(records)
+    }
+
+    static func lost(_ opcode: UInt8, _ opaque: UInt32, _ reason: String) -> [UInt8] {
+        BinaryPacket.errorResponse(opcode: opcode, status: BinaryPacket.Status.temporaryFailure, opaque: opaque, message: "connection to memcached lost: \(reason)")
     }
 }

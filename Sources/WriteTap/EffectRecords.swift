@@ -28,4 +28,7 @@ extension BinaryPacket.Effect {
         case .flush: return .flush
         }
     }
+
+    /// The record for a successful request on `key` (a flush names no key).
+    func record(_ key: [UInt8]) -> (RecordOp, [UInt8]) { (recordOp, self == .flush ? [] : key) }
 }

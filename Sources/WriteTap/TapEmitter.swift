@@ -1,4 +1,5 @@
 import JournalWire
+import Synchronization
 import UnderstudyPosix
 
 /// The tap's journal sender: records go into a bounded buffer and a background thread ships
@@ -98,6 +99,7 @@ public final class TapEmitter: Sendable {
     /// Identifies this tap to the keeper across reconnects, so the keeper can say what it has.
     public let tapID: [UInt8]
     let state: Monitor<State>
+    private let syncWatchers = Mutex<[@Sendable () -> Void]>([])
 
     public init(_ options: Options) {
         self.options = options
@@ -161,6 +163,27 @@ public final class TapEmitter: Sendable {
         case keeperLost(String)
     }
 
+    /// A sync write's claim on the follower: the record it waits for, and the clock it waits
+    /// by. Blocking clients wait on it with `awaitApplied`; the proxy's event loops, which
+    /// cannot block, ask `settle` whenever the emitter reports progress or a deadline passes.
+    public struct SyncTicket: Sendable {
+        public let seq: UInt64
+        /// Past this the write may degrade, given proof that the keeper lives.
+        let deadline: UInt64
+        /// Past this, silence counts as the keeper's death.
+        let giveUp: UInt64
+
+        /// When to look again if nothing reports progress first.
+        public func nextCheck(now: UInt64) -> UInt64 { now < deadline ? deadline : giveUp }
+    }
+
+    /// The ticket for a record just emitted; nil in async mode, where nobody waits.
+    public func ticket(for seq: UInt64) -> SyncTicket? {
+        guard mode != .async else { return nil }
+        let deadline = Clock.monoNanos() + UInt64(max(options.syncTimeoutMs, 0)) * 1_000_000
+        return SyncTicket(seq: seq, deadline: deadline, giveUp: deadline + UInt64(JournalTiming.silenceLimitMs + JournalTiming.keepaliveMs) * 1_000_000)
+    }
+
     /// Blocks until the follower has applied record `seq`, or the sync timeout passes, or the
     /// keeper says no follower is in sync, or the keeper connection drops (then at once:
     /// waiting cannot help).
@@ -171,35 +194,54 @@ public final class TapEmitter: Sendable {
     /// alive — any frame heard after the deadline, at most a keepalive away — and only then
     /// degrades; silence until the connection is declared lost refuses the write instead.
     public func awaitApplied(_ seq: UInt64) -> SyncOutcome {
-        let deadline = Clock.monoNanos() + UInt64(max(options.syncTimeoutMs, 0)) * 1_000_000
-        let settled = { (s: State) in
-            s.applied >= seq || s.stopping || (s.connected && !s.followerInSync) || s.lastDisconnectSeq >= seq
+        let t = ticket(for: seq) ?? SyncTicket(seq: seq, deadline: 0, giveUp: 0)
+        // Two waits because crossing the deadline is no event: the second re-evaluates then.
+        state.wait(until: { decided($0, t, now: Clock.monoNanos()) }, timeoutMs: options.syncTimeoutMs) { _, _ in }
+        let rest = Int((t.giveUp - min(t.giveUp, Clock.monoNanos())) / 1_000_000) + 1
+        return state.wait(until: { decided($0, t, now: Clock.monoNanos()) }, timeoutMs: rest) { s, _ in outcome(&s, t) }
+    }
+
+    /// The outcome if it is known by `now`, else nil (keep waiting). Counts it once known.
+    public func settle(_ t: SyncTicket, now: UInt64) -> SyncOutcome? {
+        state.withLock { s in decided(s, t, now: now) ? outcome(&s, t) : nil }
+    }
+
+    private func decided(_ s: State, _ t: SyncTicket, now: UInt64) -> Bool {
+        if s.applied >= t.seq || s.stopping || (s.connected && !s.followerInSync) || s.lastDisconnectSeq >= t.seq { return true }
+        return now >= t.giveUp || (now >= t.deadline && (!s.connected || s.lastHeard > t.deadline))
+    }
+
+    private func outcome(_ s: inout State, _ t: SyncTicket) -> SyncOutcome {
+        if s.applied >= t.seq {
+            s.counters.syncApplied += 1
+            return .applied
         }
-        let inTime = state.wait(until: settled, timeoutMs: options.syncTimeoutMs) { _, ok in ok }
-        if !inTime {
-            state.wait(until: { s in settled(s) || !s.connected || s.lastHeard > deadline },
-                       timeoutMs: JournalTiming.silenceLimitMs + JournalTiming.keepaliveMs) { _, _ in }
+        if s.lastDisconnectSeq >= t.seq {
+            s.counters.syncFailed += 1
+            return .keeperLost("journal keeper connection lost before the follower applied the write: \(s.lastError)")
         }
-        return state.update { s -> SyncOutcome in
-            if s.applied >= seq {
-                s.counters.syncApplied += 1
-                return .applied
-            }
-            if s.lastDisconnectSeq >= seq {
-                s.counters.syncFailed += 1
-                return .keeperLost("journal keeper connection lost before the follower applied the write: \(s.lastError)")
-            }
-            if s.connected && s.followerInSync && s.lastHeard <= deadline && !s.stopping {
-                s.counters.syncFailed += 1
-                let now = Clock.monoNanos()
-                let silentMs = (now - min(s.lastHeard, now)) / 1_000_000
-                return .keeperLost("journal keeper silent for \(silentMs) ms while the write waited")
-            }
-            if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
-            if !s.connected { return .notApplied("journal keeper unreachable: \(s.lastError)") }
-            if !s.followerInSync { return .notApplied("no in-sync follower") }
-            return .notApplied("follower did not apply within \(options.syncTimeoutMs) ms")
+        if s.connected && s.followerInSync && s.lastHeard <= t.deadline && !s.stopping {
+            s.counters.syncFailed += 1
+            let now = Clock.monoNanos()
+            let silentMs = (now - min(s.lastHeard, now)) / 1_000_000
+            return .keeperLost("journal keeper silent for \(silentMs) ms while the write waited")
         }
+        if options.mode == .strict { s.counters.syncFailed += 1 } else { s.counters.syncDegraded += 1 }
+        if !s.connected { return .notApplied("journal keeper unreachable: \(s.lastError)") }
+        if !s.followerInSync { return .notApplied("no in-sync follower") }
+        return .notApplied("follower did not apply within \(options.syncTimeoutMs) ms")
+    }
+
+    /// Registers a callback run (on the emitter's threads) whenever something a sync waiter
+    /// waits for changed: an applied seq, the sync state, the keeper connection. Event loops
+    /// use it to wake and `settle` their tickets.
+    public func onSyncProgress(_ notify: @escaping @Sendable () -> Void) {
+        syncWatchers.withLock { $0.append(notify) }
+    }
+
+    private func notifySyncWatchers() {
+        guard mode != .async else { return }
+        for notify in syncWatchers.withLock({ $0 }) { notify() }
     }
 
     /// The sync policy, for every form of the tap: nil when the client may be answered, else
@@ -208,7 +250,12 @@ public final class TapEmitter: Sendable {
     /// under a waiting write.
     public func syncRefusal(_ seq: UInt64) -> String? {
         guard mode != .async else { return nil }
-        switch awaitApplied(seq) {
+        return refusal(awaitApplied(seq))
+    }
+
+    /// Why the policy refuses a write with this outcome, or nil if the client may be answered.
+    public func refusal(_ outcome: SyncOutcome) -> String? {
+        switch outcome {
         case .applied: return nil
         case .notApplied(let why): return mode == .strict ? why : nil
         case .keeperLost(let why): return why
@@ -231,6 +278,7 @@ public final class TapEmitter: Sendable {
             s.stopping = true
             return s.channel
         }
+        notifySyncWatchers()
         channel?.stream.socket.shutdown()
     }
 
@@ -254,6 +302,7 @@ public final class TapEmitter: Sendable {
                     s.channel = nil
                     s.lastError = text
                 }
+                notifySyncWatchers()
                 if text != lastLogged {
                     Log.warning("tap", "journal \(options.journal): \(text); buffering (\(state.withLock { $0.unacked }) records)")
                     lastLogged = text
@@ -286,6 +335,7 @@ public final class TapEmitter: Sendable {
                 s.channel = ch
                 s.counters.reconnects += 1
             }
+            notifySyncWatchers()
             Log.info("tap", "connected to journal keeper \(options.journal)")
         } catch let e as Handshake.Failure {
             throw e
@@ -369,22 +419,23 @@ public final class TapEmitter: Sendable {
                 // Every frame is proof the keeper lives. Only what sync writers wait on wakes
                 // them: an applied seq, or the sync state, which is also the keepalive that
                 // answers writes waiting for proof of life. Acks just free the buffer.
-                state.update(signalling: { s in
+                let progressed = state.update(signalling: { s in
                     s.lastHeard = now
                     switch m {
                     case .tapAck(let seq):
                         s.trim(upTo: seq)
-                        return ((), false)
+                        return (false, false)
                     case .tapApplied(let seq):
                         s.applied = max(s.applied, seq)
-                        return ((), true)
+                        return (true, true)
                     case .syncState(let ok):
                         s.followerInSync = ok
-                        return ((), true)
+                        return (true, true)
                     default:
-                        return ((), false)
+                        return (false, false)
                     }
                 })
+                if progressed { notifySyncWatchers() }
             } catch {
                 let text = "\(error)"
                 state.update { s in
@@ -395,6 +446,7 @@ public final class TapEmitter: Sendable {
                         s.lastError = text
                     }
                 }
+                notifySyncWatchers()
                 ch.stream.socket.shutdown()
                 return
             }

@@ -6,7 +6,7 @@ import UnderstudyPosix
 
 /// `understudy tap`: a local memcached proxy that journals every acknowledged mutation.
 ///
-/// Clients connect here instead of to memcached; each gets a thread and an upstream
+/// Clients are spread over a few event loops (`TapLoop`); each client gets its own upstream
 /// connection. The first byte picks the protocol the way memcached does: 0x80 is binary,
 /// anything else text (classic and meta).
 public final class TapProxy: Sendable {
@@ -15,11 +15,15 @@ public final class TapProxy: Sendable {
         public var memcached: Endpoint
         /// Values larger than this are refused locally; nil asks memcached (`item_size_max`).
         public var maxItemSize: Int?
+        /// Event-loop threads. One keeps up with memcached on a 2-core machine; more help
+        /// when the tap has cores to itself.
+        public var threads: Int
 
-        public init(listen: Endpoint, memcached: Endpoint, maxItemSize: Int? = nil) {
+        public init(listen: Endpoint, memcached: Endpoint, maxItemSize: Int? = nil, threads: Int = 1) {
             self.listen = listen
             self.memcached = memcached
             self.maxItemSize = maxItemSize
+            self.threads = max(1, threads)
         }
     }
 
@@ -29,24 +33,27 @@ public final class TapProxy: Sendable {
     }
 
     public let options: Options
-    public let emitter: TapEmitter
-    let pool: UpstreamPool
+    public var emitter: TapEmitter { context.emitter }
+    let context: TapContext
     let listener: Listener
-    let itemSizeMax: Int
-    let sessions = Atomic<Int>(0)
-    let accepted = Atomic<Int>(0)
-    let openClients = Monitor<[Int32: Socket]>([:])
+    private let loops: [TapLoop]
+    private let accepted = Atomic<Int>(0)
 
     public init(_ options: Options, emitter: TapEmitter) throws(SystemError) {
         self.options = options
-        self.emitter = emitter
-        self.pool = UpstreamPool(endpoint: options.memcached)
         self.listener = try Listener.tcp(options.listen)
-        self.itemSizeMax = options.maxItemSize ?? Self.probeItemSizeMax(options.memcached)
+        let context = TapContext(emitter: emitter, pool: UpstreamPool(endpoint: options.memcached),
+                                 itemSizeMax: options.maxItemSize ?? Self.probeItemSizeMax(options.memcached))
+        self.context = context
+        var made: [TapLoop] = []
+        for i in 0..<options.threads { made.append(try TapLoop(name: "tap-loop-\(i)", context: context)) }
+        let loops = made
+        self.loops = loops
+        emitter.onSyncProgress { for l in loops { l.poller.wake() } }
     }
 
     public var port: UInt16 { listener.port }
-    public var stats: Stats { Stats(connections: accepted.load(ordering: .relaxed), activeSessions: sessions.load(ordering: .relaxed)) }
+    public var stats: Stats { Stats(connections: accepted.load(ordering: .relaxed), activeSessions: context.sessions.load(ordering: .relaxed)) }
 
     /// memcached's `item_size_max`, or its 1 MiB default if the server is not up yet.
     static func probeItemSizeMax(_ endpoint: Endpoint) -> Int {
@@ -56,40 +63,41 @@ public final class TapProxy: Sendable {
     }
 
     public func start() {
-        Threads.start("tap-accept") { [self] in acceptLoop() }
-        Log.info("tap", "listening on \(options.listen) (port \(port)), memcached \(options.memcached), journal \(emitter.options.journal), mode \(emitter.mode.rawValue)")
+        for l in loops { l.start() }
+        Threads.start("tap-accept") { [self] in
+            listener.acceptEach("tap") { client in
+                let n = accepted.wrappingAdd(1, ordering: .relaxed).newValue
+                context.sessions.add(1, ordering: .relaxed)
+                loops[n % loops.count].adopt(client)
+            }
+        }
+        Log.info("tap", "listening on \(options.listen) (port \(port)), memcached \(options.memcached), journal \(emitter.options.journal), mode \(emitter.mode.rawValue), \(loops.count) event loop(s)")
     }
 
     public func stop() {
         listener.close()
-        for s in openClients.withLock({ Array($0.values) }) { s.shutdown() }
-        pool.drainIdle()
+        for l in loops { l.stop() }
+        context.pool.drainIdle()
         emitter.stop()
     }
+}
 
-    func acceptLoop() {
-        listener.serve("tap") { [self] client in
-            accepted.add(1, ordering: .relaxed)
-            sessions.add(1, ordering: .relaxed)
-            openClients.withLock { $0[client.fd] = client }
-            defer {
-                sessions.subtract(1, ordering: .relaxed)
-                openClients.withLock { _ = $0.removeValue(forKey: client.fd) }
-                client.close()
-            }
-            serve(client)
-        }
+/// What every connection of every loop shares.
+final class TapContext: Sendable {
+    let emitter: TapEmitter
+    let pool: UpstreamPool
+    let itemSizeMax: Int
+    let sessions = Atomic<Int>(0)
+
+    init(emitter: TapEmitter, pool: UpstreamPool, itemSizeMax: Int) {
+        self.emitter = emitter
+        self.pool = pool
+        self.itemSizeMax = itemSizeMax
     }
 
-    func serve(_ client: Socket) {
-        let stream = ByteStream(client, capacity: 64 * 1024)
-        let first: UInt8?
-        do { first = try stream.peekByte() } catch { return }
-        guard let first else { return }
-        if first == BinaryPacket.requestMagic {
-            BinarySession(proxy: self, client: stream).run()
-        } else {
-            TextSession(proxy: self, client: stream).run()
-        }
+    var memcached: Endpoint { pool.endpoint }
+
+    func sessionsEnded(_ n: Int) {
+        sessions.subtract(n, ordering: .relaxed)
     }
 }

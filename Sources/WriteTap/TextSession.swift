@@ -6,158 +6,222 @@ import UnderstudyPosix
 ///
 /// Replies are relayed byte for byte. A record is emitted only after memcached's success
 /// reply was read (Invariant 1). `noreply` and meta-quiet writes get no reply on success, so
-/// before the next reply-bearing request — or when the client goes idle — the session sends
-/// its own `mn` and journals them once `MN` proves memcached processed them.
-final class TextSession {
-    let client: ByteStream
-    let upstream: SessionUpstream
+/// they are gathered into a quiet group that a fence closes: the client's own `mn`, or ours
+/// before its next reply-bearing request or when its input runs dry. When the fence's `MN`
+/// comes back, memcached has processed the group, and its writes are journaled.
+final class TextSession: ProxySession {
+    private enum Entry {
+        /// An answer the tap gives itself, in its turn.
+        case local([UInt8])
+        case reply(ClientCommand, hits: [[UInt8]])
+        /// Quiet writes and the fence after them; `clientFence`: the client sent the `mn`
+        /// and gets its `MN`.
+        case quietGroup([ClientCommand.Effect], clientFence: Bool)
+    }
+
+    private var inFlight = InFlight<Entry>()
+    /// Quiet writes forwarded since the last fence.
+    private var unfenced: [ClientCommand.Effect]?
+    /// A storage request whose data block has not fully arrived.
+    private var awaitingData: (line: [UInt8], cmd: ClientCommand)?
+    /// Bytes of a refused data block still to discard.
+    private var discarding = 0
+    /// Inside a line longer than memcached allows, discarding up to its end.
+    private var discardingLine = false
+    private(set) var wantsClose = false
     let maxItemSize: Int
-    /// Effects of quiet requests sent but not yet fenced.
-    var unfenced: [ClientCommand.Effect] = []
-    var needFence = false
 
-    init(proxy: TapProxy, client: ByteStream) {
-        self.client = client
-        self.upstream = SessionUpstream(proxy: proxy, dialect: .text)
-        self.maxItemSize = proxy.itemSizeMax
+    static let lineLimit = 8192
+
+    init(maxItemSize: Int) {
+        self.maxItemSize = maxItemSize
     }
 
-    func run() {
-        do {
-            while try step() {}
-        } catch {
-            // Client gone or stalled: nothing to answer. A pending fence still runs so that
-            // writes memcached applied are journaled.
-        }
-        if needFence { fence() }
-    }
+    var isIdle: Bool { inFlight.isEmpty && unfenced == nil }
 
-    /// Handles one request. False when the session should end.
-    func step() throws(StreamError) -> Bool {
-        if !client.hasBufferedLine {
-            if needFence { fence() }
-            try client.flush()
-        }
-        let line: [UInt8]
-        do {
-            line = try client.readLine(limit: 8192)
-        } catch .lineTooLong {
-            // memcached swallows an over-long line and answers ERROR; so do we.
-            try client.skipLine()
-            client.write("ERROR\r\n")
-            return true
-        } catch .closed {
-            return false
-        }
-        var cmd = ClientCommand.parse(line, maxItemSize: maxItemSize)
-        var data: [UInt8] = []
-        if let len = cmd.dataLength {
-            if cmd.localReply != nil {
-                try client.skip(len + 2)
-            } else {
-                try client.readExact(len + 2, appendingTo: &data)
-                if data[len] != 0x0D || data[len + 1] != 0x0A {
-                    cmd = .local("CLIENT_ERROR bad data chunk", quiet: cmd.quiet)
-                }
+    // MARK: requests
+
+    func takeRequests(_ c: TapConnection) {
+        let input = c.clientIn
+        while !wantsClose {
+            if discarding > 0 {
+                let n = min(discarding, input.count)
+                input.consume(n)
+                discarding -= n
+                if discarding > 0 { break }
+                continue
             }
+            if discardingLine {
+                // memcached swallows an over-long line and answers ERROR; so do we.
+                guard let lf = input.firstLF() else { input.removeAll(); break }
+                input.consume(lf + 1)
+                discardingLine = false
+                answer(c, Array("ERROR\r\n".utf8))
+                continue
+            }
+            if let (line, cmd) = awaitingData {
+                let len = cmd.dataLength!
+                guard input.count >= len + 2 else { break }
+                awaitingData = nil
+                if input.byte(at: len) != 0x0D || input.byte(at: len + 1) != 0x0A {
+                    input.consume(len + 2)
+                    handle(c, line, data: 0, .local("CLIENT_ERROR bad data chunk", quiet: cmd.quiet))
+                } else {
+                    handle(c, line, data: len + 2, cmd)
+                }
+                continue
+            }
+            // memcached ends a request line at LF, with or without CR.
+            guard let (length, total) = input.line(lfOnly: true) else {
+                if input.count > Self.lineLimit { discardingLine = true; continue }
+                break
+            }
+            if length > Self.lineLimit {
+                input.consume(total)
+                answer(c, Array("ERROR\r\n".utf8))
+                continue
+            }
+            let end = length > 0 && input.byte(at: length - 1) == 0x0D ? length - 1 : length
+            let line = input.bytes(0..<end)
+            input.consume(total)
+            let cmd = ClientCommand.parse(line, maxItemSize: maxItemSize)
+            if let len = cmd.dataLength {
+                if cmd.localReply != nil {
+                    discarding = len + 2
+                    if !cmd.quiet { answer(c, cmd.localReply!) }
+                } else {
+                    awaitingData = (line, cmd)
+                }
+                continue
+            }
+            handle(c, line, data: 0, cmd)
         }
+        // Input ran dry (or the client quit): prove the quiet writes landed now rather than
+        // whenever the client next speaks.
+        if unfenced != nil { closeGroup(c) }
+    }
+
+    /// One complete request; `data` bytes of its data block (with CRLF) lead `c.clientIn`.
+    private func handle(_ c: TapConnection, _ line: [UInt8], data: Int, _ cmd: ClientCommand) {
         if let reply = cmd.localReply {
             // memcached stays silent about refused storage under noreply; match it.
-            if !cmd.quiet { client.write(reply) }
-            return true
+            if !cmd.quiet { answer(c, reply) }
+            return
         }
-        if cmd.reply == .close { return false }
-        if needFence && !cmd.quiet && !cmd.isNoop { fence() }
-        forward(line, data, cmd)
+        if cmd.reply == .close {
+            wantsClose = true
+            return
+        }
+        if unfenced != nil && !cmd.quiet && !cmd.isNoop { closeGroup(c) }
+        if let failure = c.ensureUpstream() {
+            c.clientIn.consume(data)
+            if !cmd.quiet { answer(c, Array("SERVER_ERROR \(failure)\r\n".utf8)) }
+            return
+        }
+        c.forward(line)
+        c.forward("\r\n")
+        if data > 0 { c.forwardClientBytes(data) }
+        if cmd.quiet {
+            unfenced.openOrAppend(cmd.effect)
+        } else if cmd.isNoop {
+            inFlight.append(.quietGroup(unfenced ?? [], clientFence: true))
+            unfenced = nil
+        } else {
+            inFlight.append(.reply(cmd, hits: []))
+        }
+    }
+
+    private func closeGroup(_ c: TapConnection) {
+        guard let effects = unfenced else { return }
+        unfenced = nil
+        c.forward("mn\r\n")
+        inFlight.append(.quietGroup(effects, clientFence: false))
+    }
+
+    /// A local answer: now if nothing is in flight, else in its turn.
+    private func answer(_ c: TapConnection, _ bytes: [UInt8]) {
+        if inFlight.isEmpty { c.replies.add(bytes) } else { inFlight.append(.local(bytes)) }
+    }
+
+    // MARK: replies
+
+    func takeReplies(_ c: TapConnection) {
+        let input = c.upstreamIn
+        while let entry = inFlight.first {
+            switch entry {
+            case .local(let bytes):
+                c.replies.add(bytes)
+                inFlight.removeFirst()
+                continue
+            case .quietGroup(let effects, let clientFence):
+                guard let (length, total) = input.line() else { return }
+                let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
+                if reply.status == .mn {
+                    inFlight.removeFirst()
+                    let ticket = c.journal(effects.flatMap { $0.records(hits: []) })
+                    if clientFence {
+                        c.relay(total, waitingFor: ticket, refusal: .none)
+                    } else {
+                        input.consume(total)
+                    }
+                    continue
+                }
+                // What quiet requests do say: errors, and mg hits.
+                let size = total + (dataLength.map { $0 + 2 } ?? 0)
+                guard input.count >= size else { return }
+                c.relay(size)
+            case .reply(let cmd, let hits):
+                if !takeReply(c, cmd, hits) { return }
+            }
+        }
+    }
+
+    /// Consumes one reply (or one `VALUE` of several); false if it has not fully arrived.
+    private func takeReply(_ c: TapConnection, _ cmd: ClientCommand, _ hits: [[UInt8]]) -> Bool {
+        let input = c.upstreamIn
+        switch cmd.reply {
+        case .values:
+            guard let (length, total) = input.line() else { return false }
+            let line = input.bytes(0..<length)
+            if let h = ValueHeader.parse(line) {
+                guard input.count >= total + h.length + 2 else { return false }
+                c.relay(total + h.length + 2)
+                if case .touchHits = cmd.effect { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [h.key]) } }
+                return true
+            }
+            // END, or an error: the reply is complete. gat hits stand whatever the follower did.
+            finish(c, total, cmd, records: cmd.effect?.records(hits: hits) ?? [], refusal: .none)
+        case .meta:
+            guard let (length, total) = input.line() else { return false }
+            let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
+            let size = total + (dataLength.map { $0 + 2 } ?? 0)
+            guard input.count >= size else { return false }
+            let ok = Self.metaSuccess(cmd.effect, reply.status)
+            finish(c, size, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
+        case .untilEnd, .untilEndLF:
+            let lf = cmd.reply == .untilEndLF
+            guard let (length, total) = input.line(lfOnly: lf) else { return false }
+            var line = input.bytes(0..<length)
+            if lf && line.last == 0x0D { line.removeLast() }
+            let last = line == Array("END".utf8) || ProtocolError.fromErrorLine(line) != nil || line.starts(with: Array("BUSY".utf8))
+            c.relay(total)
+            if last { inFlight.removeFirst() }
+        case .line, .close:
+            guard let (length, total) = input.line() else { return false }
+            let ok = Self.lineSuccess(cmd.effect, input.bytes(0..<length))
+            finish(c, total, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
+        }
         return true
     }
 
-    func forward(_ line: [UInt8], _ data: [UInt8], _ cmd: ClientCommand) {
-        let up: ByteStream
-        switch upstream.connection() {
-        case .success(let s): up = s
-        case .failure(let f):
-            if !cmd.quiet { client.write("SERVER_ERROR \(f.message)\r\n") }
-            return
-        }
-        up.write(line)
-        up.write("\r\n")
-        if !data.isEmpty { up.write(data) }
-        do {
-            try up.flush()
-            if cmd.quiet {
-                needFence = true
-                if let e = cmd.effect { unfenced.append(e) }
-                return
-            }
-            try relay(cmd, from: up)
-        } catch {
-            upstream.drop()
-            // The write may or may not have landed; a record for it is harmless, a missing one is not.
-            if let e = cmd.effect { _ = journal(e, hits: []) }
-            if !cmd.quiet { client.write("SERVER_ERROR connection to memcached lost: \(error)\r\n") }
-        }
+    /// Ends the head request: journals, then relays its last `size` bytes, held until the
+    /// follower applied in sync mode.
+    private func finish(_ c: TapConnection, _ size: Int, _ cmd: ClientCommand, records: [(RecordOp, [UInt8])], refusal: ReplyQueue.Refusal) {
+        inFlight.removeFirst()
+        c.relay(size, waitingFor: c.journal(records), refusal: refusal)
     }
 
-    /// Reads and relays one reply, journaling the effect if the reply means success.
-    func relay(_ cmd: ClientCommand, from up: ByteStream) throws(StreamError) {
-        switch cmd.reply {
-        case .values:
-            var hits: [[UInt8]] = []
-            while true {
-                let l = try up.readLine()
-                guard let h = ValueHeader.parse(l) else {
-                    finish(l, cmd, success: false, extra: hits)
-                    return
-                }
-                client.write(l)
-                client.write("\r\n")
-                try up.readExact(h.length + 2, appendingTo: &client.output)
-                hits.append(h.key)
-            }
-        case .meta:
-            if cmd.isNoop {
-                // The client's own fence: everything up to MN answers its quiet requests.
-                try relayUntilMN(up)
-                flushUnfenced()
-                client.write("MN\r\n")
-                return
-            }
-            let l = try up.readLine()
-            let (reply, len) = MetaReply.parseHeader(l)
-            var body: [UInt8] = []
-            if let len { try up.readExact(len + 2, appendingTo: &body) }
-            finish(l, cmd, success: metaSuccess(cmd.effect, reply.status), extra: [], body: body)
-        case .untilEnd, .untilEndLF:
-            while true {
-                let l = cmd.reply == .untilEndLF ? try up.readLineLF(limit: 1 << 16) : try up.readLine(limit: 1 << 16)
-                client.write(l)
-                client.write(cmd.reply == .untilEndLF && l != Array("END".utf8) ? "\n" : "\r\n")
-                if l == Array("END".utf8) || ProtocolError.fromErrorLine(l) != nil || l.starts(with: Array("BUSY".utf8)) { return }
-            }
-        case .line, .close:
-            let l = try up.readLine()
-            finish(l, cmd, success: lineSuccess(cmd.effect, l), extra: [])
-        }
-    }
-
-    /// Journals (and in sync mode waits), then writes the reply — or, in strict mode when the
-    /// follower did not apply, `SERVER_ERROR` in its place.
-    func finish(_ line: [UInt8], _ cmd: ClientCommand, success: Bool, extra hits: [[UInt8]], body: [UInt8] = []) {
-        var refusal: String?
-        if success || cmd.reply == .values, let effect = cmd.effect {
-            refusal = journal(effect, hits: hits)
-        }
-        if let refusal, cmd.reply != .values {
-            client.write("SERVER_ERROR \(refusal)\r\n")
-            return
-        }
-        client.write(line)
-        client.write("\r\n")
-        client.write(body)
-    }
-
-    func lineSuccess(_ effect: ClientCommand.Effect?, _ l: [UInt8]) -> Bool {
+    static func lineSuccess(_ effect: ClientCommand.Effect?, _ l: [UInt8]) -> Bool {
         guard let effect else { return false }
         switch effect {
         case .write: return l == Array("STORED".utf8) || Bytes.parseUInt(l) != nil
@@ -168,7 +232,7 @@ final class TextSession {
         }
     }
 
-    func metaSuccess(_ effect: ClientCommand.Effect?, _ status: MetaReply.Status) -> Bool {
+    static func metaSuccess(_ effect: ClientCommand.Effect?, _ status: MetaReply.Status) -> Bool {
         guard let effect else { return false }
         switch effect {
         case .write, .delete: return status == .hd || status == .va
@@ -178,47 +242,24 @@ final class TextSession {
         }
     }
 
-    /// Proves memcached processed every quiet request sent so far, relaying any replies they
-    /// produced, then journals their effects.
-    func fence() {
-        needFence = false
-        guard case .success(let up) = upstream.connection() else {
-            flushUnfenced()
-            return
-        }
-        up.write("mn\r\n")
-        do {
-            try up.flush()
-            try relayUntilMN(up)
-        } catch {
-            upstream.drop()
-        }
-        flushUnfenced()
-    }
+    // MARK: failure
 
-    /// Relays replies (lines, or `VA` with data) to the client until `MN`, which is consumed.
-    func relayUntilMN(_ up: ByteStream) throws(StreamError) {
-        while true {
-            let l = try up.readLine()
-            let (reply, len) = MetaReply.parseHeader(l)
-            if reply.status == .mn { return }
-            client.write(l)
-            client.write("\r\n")
-            if let len { try up.readExact(len + 2, appendingTo: &client.output) }
+    func upstreamLost(_ c: TapConnection, reason: String) {
+        let lost = Array("SERVER_ERROR connection to memcached lost: \(reason)\r\n".utf8)
+        var records: [(RecordOp, [UInt8])] = (unfenced ?? []).flatMap { $0.records(hits: []) }
+        unfenced = nil
+        for entry in inFlight.removeAll() {
+            switch entry {
+            case .local(let bytes):
+                c.replies.add(bytes)
+            case .quietGroup(let effects, let clientFence):
+                records += effects.flatMap { $0.records(hits: []) }
+                if clientFence { c.replies.add(lost) }
+            case .reply(let cmd, _):
+                records += cmd.effect?.records(hits: []) ?? []
+                c.replies.add(lost)
+            }
         }
-    }
-
-    func flushUnfenced() {
-        needFence = false
-        let effects = unfenced
-        unfenced.removeAll()
-        for e in effects { _ = journal(e, hits: []) }
-    }
-
-    /// Journals one effect; returns strict mode's refusal if the follower did not apply it.
-    func journal(_ e: ClientCommand.Effect, hits: [[UInt8]]) -> String? {
-        var refusal: String?
-        for (op, key) in e.records(hits: hits) { refusal = upstream.journal(op, key) ?? refusal }
-        return refusal
+        _ = c.journal(records)
     }
 }

@@ -1,9 +1,8 @@
 import UnderstudyPosix
 
-/// Idle connections to memcached, reused across client sessions.
-///
-/// A client session holds one upstream connection for its whole life, which is what keeps
-/// per-client ordering: requests from one client reach memcached on one ordered pipe.
+/// Idle connections to memcached, reused across client sessions: applications that connect
+/// per request (PHP without persistent connections) would otherwise cost memcached a
+/// connect and an accept per request.
 ///
 /// memcached fixes a connection's protocol from its first byte, so text and binary
 /// connections are pooled apart: a connection that spoke binary would drop a text request.
@@ -13,7 +12,8 @@ public final class UpstreamPool: Sendable {
     public let endpoint: Endpoint
     let idle = Monitor<[Dialect: [Socket]]>([:])
     let maxIdle: Int
-    let ioTimeoutMs: Int
+    /// How long a forwarded request may wait for memcached's first byte back.
+    public let ioTimeoutMs: Int
 
     public init(endpoint: Endpoint, maxIdle: Int = 64, ioTimeoutMs: Int = 5000) {
         self.endpoint = endpoint
@@ -21,27 +21,25 @@ public final class UpstreamPool: Sendable {
         self.ioTimeoutMs = ioTimeoutMs
     }
 
-    public func acquire(_ dialect: Dialect) throws(SystemError) -> ByteStream {
+    /// A pooled connection still in step with the server, if there is one.
+    public func takeIdle(_ dialect: Dialect) -> Socket? {
         while let s = idle.withLock({ $0[dialect]?.popLast() }) {
             // An idle connection that is readable was closed (or spoke out of turn): drop it
             // rather than lose the next request on it.
-            if (try? s.waitReadable(timeoutMs: 0)) == false { return ByteStream(s, capacity: 64 * 1024) }
+            if (try? s.waitReadable(timeoutMs: 0)) == false { return s }
             s.close()
         }
-        let s = try Socket.connect(to: endpoint, timeoutMs: 1000)
-        try s.setIOTimeout(milliseconds: ioTimeoutMs)
-        return ByteStream(s, capacity: 64 * 1024)
+        return nil
     }
 
-    /// Returns a connection that is in step with the server (nothing unread buffered).
-    public func release(_ stream: ByteStream, _ dialect: Dialect) {
-        guard stream.buffered == 0 else { stream.socket.close(); return }
+    /// Takes back a connection with nothing in flight and nothing unread.
+    public func release(_ socket: Socket, _ dialect: Dialect) {
         let kept = idle.withLock { pools -> Bool in
             guard pools[dialect, default: []].count < maxIdle else { return false }
-            pools[dialect, default: []].append(stream.socket)
+            pools[dialect, default: []].append(socket)
             return true
         }
-        if !kept { stream.socket.close() }
+        if !kept { socket.close() }
     }
 
     public func drainIdle() {

@@ -14,13 +14,14 @@ enum TapCommand {
                                 or strict (wait; SERVER_ERROR if not replicated)
           --sync-timeout MS     how long sync and strict wait for the follower (default 1000)
           --buffer N            unacknowledged journal records held before reporting a gap (default 1048576)
+          --threads N           event-loop threads serving clients (default 1)
 
         """
 
     static func run(_ args: [String]) -> Int32 {
         if args.contains("--help") { print(help, terminator: ""); return 0 }
         do {
-            let o = try Options(args, valued: ["listen", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer"], switches: [])
+            let o = try Options(args, valued: ["listen", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer", "threads"], switches: [])
             guard let listen = try o.endpoint("listen"), let memcached = try o.endpoint("memcached"), let journal = try o.endpoint("journal") else {
                 printError("understudy tap: --listen, --memcached and --journal are required\n\n" + help)
                 return 64
@@ -35,13 +36,16 @@ enum TapCommand {
             guard let buffer = Int(o.values["buffer"] ?? "1048576"), buffer > 0 else {
                 printError("understudy tap: --buffer must be positive"); return 64
             }
+            guard let threads = Int(o.values["threads"] ?? "1"), (1...64).contains(threads) else {
+                printError("understudy tap: --threads must be between 1 and 64"); return 64
+            }
             var secret: [UInt8] = []
             if let path = o.values["secret-file"] {
                 do { secret = try Handshake.loadSecret(path: path) } catch { printError("understudy tap: \(error)"); return 1 }
             }
             let emitter = TapEmitter(.init(journal: journal, secret: secret, capacity: buffer, mode: mode, syncTimeoutMs: timeout))
             let proxy: TapProxy
-            do { proxy = try TapProxy(.init(listen: listen, memcached: memcached), emitter: emitter) } catch {
+            do { proxy = try TapProxy(.init(listen: listen, memcached: memcached, threads: threads), emitter: emitter) } catch {
                 printError("understudy tap: cannot listen on \(listen): \(error)")
                 return 1
             }

@@ -1,0 +1,26 @@
+#ifndef CLINUXEVENTS_H
+#define CLINUXEVENTS_H
+
+// epoll and eventfd, which Swift's Glibc module does not export. The wrappers take and return
+// plain integers because `struct epoll_event` is packed on x86-64, a layout Swift code should
+// not have to reason about.
+
+#include <stdint.h>
+
+int ule_epoll_create(void);
+int ule_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
+int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms);
+int ule_eventfd(void);
+
+enum {
+    ULE_EPOLLIN = 0x001,
+    ULE_EPOLLOUT = 0x004,
+    ULE_EPOLLERR = 0x008,
+    ULE_EPOLLHUP = 0x010,
+    ULE_EPOLLRDHUP = 0x2000,
+    ULE_CTL_ADD = 1,
+    ULE_CTL_DEL = 2,
+    ULE_CTL_MOD = 3,
+};
+
+#endif

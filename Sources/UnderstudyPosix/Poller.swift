@@ -1,0 +1,102 @@
+import CLinuxEvents
+import Glibc
+
+/// One epoll instance plus an eventfd to wake it: the readiness source of an event loop.
+///
+/// Readiness is level-triggered: a descriptor keeps reporting until it is drained or its
+/// interest is dropped, so a loop that stops reading a peer (backpressure, end of stream)
+/// must say so with `modify`, or it spins. `wake()` is the one member other threads call.
+public final class Poller: Sendable {
+    public struct Interest: OptionSet, Sendable, Equatable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let read = Interest(rawValue: UInt32(ULE_EPOLLIN))
+        public static let write = Interest(rawValue: UInt32(ULE_EPOLLOUT))
+    }
+
+    public struct Event: Sendable {
+        public let token: UInt64
+        /// Data, end of stream or an error waits: a read says which.
+        public let readable: Bool
+        public let writable: Bool
+    }
+
+    /// Reserved for the wake-up eventfd; callers' tokens must differ.
+    public static let wakeToken = UInt64.max
+
+    let epfd: Int32
+    let wakeFD: Int32
+
+    public init() throws(SystemError) {
+        epfd = try Sys.epollCreate()
+        do {
+            wakeFD = try Sys.eventfd()
+        } catch {
+            Sys.close(epfd)
+            throw error
+        }
+        do {
+            try Sys.epollControl(epfd, Int32(ULE_CTL_ADD), wakeFD, events: Interest.read.rawValue, token: Self.wakeToken, "add wake eventfd")
+        } catch {
+            Sys.close(wakeFD)
+            Sys.close(epfd)
+            throw error
+        }
+    }
+
+    deinit {
+        Sys.close(wakeFD)
+        Sys.close(epfd)
+    }
+
+    public func add(_ fd: Int32, token: UInt64, _ interest: Interest) throws(SystemError) {
+        try Sys.epollControl(epfd, Int32(ULE_CTL_ADD), fd, events: interest.rawValue | UInt32(ULE_EPOLLRDHUP), token: token, "add fd \(fd)")
+    }
+
+    public func modify(_ fd: Int32, token: UInt64, _ interest: Interest) throws(SystemError) {
+        try Sys.epollControl(epfd, Int32(ULE_CTL_MOD), fd, events: interest.rawValue | UInt32(ULE_EPOLLRDHUP), token: token, "modify fd \(fd)")
+    }
+
+    /// Forgets a descriptor; call before closing it (a closed descriptor may linger in the
+    /// epoll set while a duplicate of it lives elsewhere).
+    public func remove(_ fd: Int32) {
+        try? Sys.epollControl(epfd, Int32(ULE_CTL_DEL), fd, events: 0, token: 0, "remove fd \(fd)")
+    }
+
+    /// Waits up to `timeoutMs` (-1: until something happens). A wake-up is reported as an
+    /// event with `wakeToken`, after draining the eventfd so it does not fire again.
+    public func wait(timeoutMs: Int32, into events: inout [Event]) throws(SystemError) {
+        events.removeAll(keepingCapacity: true)
+        let max = 256
+        let readMask = UInt32(ULE_EPOLLIN | ULE_EPOLLHUP | ULE_EPOLLERR | ULE_EPOLLRDHUP)
+        let writeMask = UInt32(ULE_EPOLLOUT | ULE_EPOLLERR)
+        var failure: SystemError?
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max) { tokens in
+            withUnsafeTemporaryAllocation(of: UInt32.self, capacity: max) { flags in
+                let n: Int
+                do throws(SystemError) {
+                    n = try Sys.epollWait(epfd, tokens: tokens.baseAddress!, events: flags.baseAddress!, max: Int32(max), timeoutMs: timeoutMs)
+                } catch {
+                    failure = error
+                    return
+                }
+                for i in 0..<n {
+                    if tokens[i] == Self.wakeToken { drainWake() }
+                    events.append(Event(token: tokens[i], readable: flags[i] & readMask != 0, writable: flags[i] & writeMask != 0))
+                }
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Makes the loop's current or next `wait` return. Safe from any thread.
+    public func wake() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { try? Sys.write(wakeFD, $0, "wake eventfd") }
+    }
+
+    private func drainWake() {
+        var count: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &count) { try? Sys.readNow(wakeFD, $0, "wake eventfd") }
+    }
+}

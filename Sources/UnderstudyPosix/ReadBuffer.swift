@@ -1,0 +1,98 @@
+import Glibc
+
+/// Bytes read from a non-blocking socket and not yet consumed, for event-loop parsers.
+///
+/// Parsers look ahead (`line`, `count`, `byte`) and consume only whole messages, so a
+/// message split across reads is simply parsed again when the rest arrives. Offsets are
+/// relative to the first unconsumed byte.
+public final class ReadBuffer {
+    private var storage: UnsafeMutableRawBufferPointer
+    private var start = 0
+    private var end = 0
+    private let initialCapacity: Int
+
+    public init(capacity: Int = 16 * 1024) {
+        initialCapacity = capacity
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    public var count: Int { end - start }
+    public var isEmpty: Bool { end == start }
+
+    public enum Fill: Equatable { case read(Int), wouldBlock, endOfStream }
+
+    /// One non-blocking read of up to `chunk` bytes (more room is made as needed).
+    public func fill(from socket: Socket, chunk: Int = 64 * 1024) throws(SystemError) -> Fill {
+        reserve(chunk)
+        guard let n = try Sys.readNow(socket.fd, UnsafeMutableRawBufferPointer(rebasing: storage[end...]), socket.peer) else { return .wouldBlock }
+        if n == 0 { return .endOfStream }
+        end += n
+        return .read(n)
+    }
+
+    private func reserve(_ room: Int) {
+        if start == end {
+            start = 0
+            end = 0
+            // A huge message is done with: give its memory back.
+            if storage.count > 4 * 1024 * 1024 && room <= initialCapacity * 4 {
+                storage.deallocate()
+                storage = .allocate(byteCount: initialCapacity, alignment: 16)
+            }
+        }
+        if storage.count - end >= room { return }
+        if start > 0 {
+            storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: end - start)
+            end -= start
+            start = 0
+            if storage.count - end >= room { return }
+        }
+        var size = storage.count
+        while size - end < room { size *= 2 }
+        let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        bigger.baseAddress!.copyMemory(from: storage.baseAddress!, byteCount: end)
+        storage.deallocate()
+        storage = bigger
+    }
+
+    public func byte(at offset: Int) -> UInt8 { storage[start + offset] }
+
+    /// The next complete line: its length without the terminator, and with it. CRLF ends a
+    /// line; with `lfOnly` a bare LF does (memcached's metadump).
+    public func line(lfOnly: Bool = false) -> (length: Int, total: Int)? {
+        guard end > start, let base = storage.baseAddress else { return nil }
+        var i = start
+        while i < end {
+            guard let p = memchr(base + i, 0x0A, end - i) else { return nil }
+            let nl = UnsafeRawPointer(base).distance(to: UnsafeRawPointer(p))
+            if lfOnly { return (nl - start, nl + 1 - start) }
+            if nl > start && storage[nl - 1] == 0x0D { return (nl - 1 - start, nl + 1 - start) }
+            i = nl + 1
+        }
+        return nil
+    }
+
+    /// Offset of the first LF, if any: where an over-long line ends.
+    public func firstLF() -> Int? {
+        guard end > start, let p = memchr(storage.baseAddress! + start, 0x0A, end - start) else { return nil }
+        return UnsafeRawPointer(storage.baseAddress! + start).distance(to: UnsafeRawPointer(p))
+    }
+
+    public func bytes(_ range: Range<Int>) -> [UInt8] {
+        Array(UnsafeRawBufferPointer(rebasing: storage[(start + range.lowerBound)..<(start + range.upperBound)]))
+    }
+
+    /// A view of unconsumed bytes, valid only inside `body`.
+    public func withBytes<R>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        body(UnsafeRawBufferPointer(rebasing: storage[(start + range.lowerBound)..<(start + range.upperBound)]))
+    }
+
+    public func consume(_ n: Int) {
+        precondition(n <= count, "consumed more than buffered")
+        start += n
+    }
+
+    public func removeAll() { start = end }
+}

@@ -1,0 +1,60 @@
+/// A protocol's half of a proxied client: it turns the client's bytes into forwarded
+/// requests and memcached's bytes into replies and journal records. The connection owns the
+/// sockets and buffers; the session owns the protocol state (what is in flight, in order).
+///
+/// Every method runs on the connection's event loop and must not block: a request or reply
+/// not yet complete in its buffer is left there until more bytes arrive.
+protocol ProxySession: AnyObject {
+    /// Handles every complete request in `c.clientIn`.
+    func takeRequests(_ c: TapConnection)
+    /// Handles every complete reply in `c.upstreamIn`.
+    func takeReplies(_ c: TapConnection)
+    /// The upstream connection is gone: answer what was in flight with an error, and journal
+    /// what may have been applied (a record too many is harmless, one too few is not).
+    func upstreamLost(_ c: TapConnection, reason: String)
+    /// Nothing forwarded awaits an answer and no local answer waits its turn.
+    var isIdle: Bool { get }
+    /// The session reads no more requests (quit, or a stream it cannot resynchronise).
+    var wantsClose: Bool { get }
+}
+
+/// Requests in flight, oldest first; replies come back in this order (Invariant: memcached
+/// answers a connection's requests in order).
+struct InFlight<Entry> {
+    private var entries: [Entry] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == entries.count }
+    var first: Entry? { isEmpty ? nil : entries[head] }
+
+    mutating func append(_ e: Entry) { entries.append(e) }
+
+    mutating func updateFirst(_ body: (inout Entry) -> Void) { body(&entries[head]) }
+
+    @discardableResult
+    mutating func removeFirst() -> Entry {
+        let e = entries[head]
+        head += 1
+        if head == entries.count {
+            entries.removeAll(keepingCapacity: true)
+            head = 0
+        }
+        return e
+    }
+
+    /// Empties the queue, returning what was in it, oldest first.
+    mutating func removeAll() -> ArraySlice<Entry> {
+        let rest = entries[head...]
+        entries = []
+        head = 0
+        return rest
+    }
+}
+
+extension Optional {
+    /// Opens a quiet group if none is open, and adds `e` (if any) to it.
+    mutating func openOrAppend<E>(_ e: E?) where Wrapped == [E] {
+        if self == nil { self = [] }
+        if let e { self!.append(e) }
+    }
+}
