@@ -1,6 +1,8 @@
 #include "CLinuxEvents.h"
 
+#include <errno.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <sys/eventfd.h>
 
 int ule_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
@@ -10,10 +12,19 @@ int ule_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token) {
     return epoll_ctl(epfd, op, fd, &ev);
 }
 
-int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms) {
+int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int64_t timeout_ns) {
     struct epoll_event evs[256];
     if (max > 256) max = 256;
-    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    int n;
+    if (timeout_ns < 0) {
+        n = epoll_wait(epfd, evs, max, -1);
+    } else {
+        // Sub-millisecond waits (the tap's 200 µs journal batching) need epoll_pwait2
+        // (Linux 5.11); older kernels round up to epoll_wait's milliseconds.
+        struct timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+        n = epoll_pwait2(epfd, evs, max, &ts, NULL);
+        if (n < 0 && errno == ENOSYS) n = epoll_wait(epfd, evs, max, (int)((timeout_ns + 999999) / 1000000));
+    }
     for (int i = 0; i < n; i++) {
         tokens[i] = evs[i].data.u64;
         events[i] = evs[i].events;

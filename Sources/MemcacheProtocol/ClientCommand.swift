@@ -68,30 +68,30 @@ public struct ClientCommand: Sendable, Equatable {
         case "set", "add", "replace", "append", "prepend", "cas":
             return storage(name, args, maxItemSize: maxItemSize)
         case "get", "gets":
-            guard !args.isEmpty, args.allSatisfy({ Key.isPlain(Array($0)) }) else { return local(badFormat) }
+            guard !args.isEmpty, args.allSatisfy({ Key.isPlain($0) }) else { return local(badFormat) }
             return ClientCommand(reply: .values, quiet: false)
         case "gat", "gats":
-            guard args.count >= 2, Bytes.parseInt(args[0]) != nil, args.dropFirst().allSatisfy({ Key.isPlain(Array($0)) }) else {
+            guard args.count >= 2, Bytes.parseInt(args[0]) != nil, args.dropFirst().allSatisfy({ Key.isPlain($0) }) else {
                 return local(badFormat)
             }
             return ClientCommand(reply: .values, quiet: false, effect: .touchHits)
         case "delete":
-            guard let key = args.first, Key.isPlain(Array(key)) else { return local(badFormat) }
+            guard let key = args.first, Key.isPlain(key) else { return local(badFormat) }
             // memcached accepts a legacy "0" time argument, and nothing else.
-            let rest = args.dropFirst().filter { Array($0) != Array("noreply".utf8) }
+            let rest = args.dropFirst().filter { !$0.elementsEqual("noreply".utf8) }
             guard rest.isEmpty || (rest.count == 1 && Array(rest[0]) == [0x30]) else {
                 return local("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
             }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .delete(Array(key)))
         case "incr", "decr":
-            guard args.count >= 2, Key.isPlain(Array(args[0])) else { return local("ERROR") }
+            guard args.count >= 2, Key.isPlain(args[0]) else { return local("ERROR") }
             guard Bytes.parseUInt(args[1]) != nil else { return local("CLIENT_ERROR invalid numeric delta argument") }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .write(Array(args[0])))
         case "touch":
-            guard args.count >= 2, Key.isPlain(Array(args[0])), Bytes.parseInt(args[1]) != nil else { return local("ERROR") }
+            guard args.count >= 2, Key.isPlain(args[0]), Bytes.parseInt(args[1]) != nil else { return local("ERROR") }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .touch(Array(args[0])))
         case "flush_all":
-            let delay = args.first.flatMap { Array($0) == Array("noreply".utf8) ? nil : Array($0) } ?? []
+            let delay = args.first.flatMap { $0.elementsEqual("noreply".utf8) ? nil : Array($0) } ?? []
             if !delay.isEmpty && Bytes.parseInt(delay) == nil { return local(badFormat) }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .flush(delay: delay))
         case "mg", "ms", "md", "ma":
@@ -121,7 +121,7 @@ public struct ClientCommand: Sendable, Equatable {
     }
 
     static func isNoreply(_ args: [ArraySlice<UInt8>]) -> Bool {
-        args.last.map { Array($0) == Array("noreply".utf8) } ?? false
+        args.last?.elementsEqual("noreply".utf8) ?? false
     }
 
     static func storage(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {
@@ -157,7 +157,7 @@ public struct ClientCommand: Sendable, Equatable {
             }
             key = k
         } else {
-            guard Key.isPlain(Array(keyTok)) else { return local(badFormat, swallow: dataLength) }
+            guard Key.isPlain(keyTok) else { return local(badFormat, swallow: dataLength) }
             key = Array(keyTok)
         }
         if let dataLength, dataLength > maxItemSize { return local("SERVER_ERROR object too large for cache", swallow: dataLength) }

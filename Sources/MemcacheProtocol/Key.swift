@@ -16,7 +16,7 @@ public enum Key {
     }
 
     /// Whether the key can go on the wire as is; otherwise it needs the meta `b` (base64) flag.
-    public static func isPlain(_ key: [UInt8]) -> Bool {
+    public static func isPlain<C: Collection<UInt8>>(_ key: C) -> Bool {
         !key.isEmpty && key.count <= maxLength && !key.contains { $0 <= 0x20 || $0 >= 0x7f }
     }
 

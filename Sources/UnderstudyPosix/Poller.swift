@@ -5,7 +5,9 @@ import Glibc
 ///
 /// Readiness is level-triggered: a descriptor keeps reporting until it is drained or its
 /// interest is dropped, so a loop that stops reading a peer (backpressure, end of stream)
-/// must say so with `modify`, or it spins. `wake()` is the one member other threads call.
+/// must say so with `modify`, or it spins. A hang-up or error is reported whatever the
+/// interest, so a descriptor the loop no longer reads or writes must be `remove`d.
+/// `wake()` is the one member other threads call.
 public final class Poller: Sendable {
     public struct Interest: OptionSet, Sendable, Equatable {
         public let rawValue: UInt32
@@ -50,11 +52,11 @@ public final class Poller: Sendable {
     }
 
     public func add(_ fd: Int32, token: UInt64, _ interest: Interest) throws(SystemError) {
-        try Sys.epollControl(epfd, Int32(ULE_CTL_ADD), fd, events: interest.rawValue | UInt32(ULE_EPOLLRDHUP), token: token, "add fd \(fd)")
+        try Sys.epollControl(epfd, Int32(ULE_CTL_ADD), fd, events: interest.rawValue, token: token, "add fd \(fd)")
     }
 
     public func modify(_ fd: Int32, token: UInt64, _ interest: Interest) throws(SystemError) {
-        try Sys.epollControl(epfd, Int32(ULE_CTL_MOD), fd, events: interest.rawValue | UInt32(ULE_EPOLLRDHUP), token: token, "modify fd \(fd)")
+        try Sys.epollControl(epfd, Int32(ULE_CTL_MOD), fd, events: interest.rawValue, token: token, "modify fd \(fd)")
     }
 
     /// Forgets a descriptor; call before closing it (a closed descriptor may linger in the
@@ -63,9 +65,9 @@ public final class Poller: Sendable {
         try? Sys.epollControl(epfd, Int32(ULE_CTL_DEL), fd, events: 0, token: 0, "remove fd \(fd)")
     }
 
-    /// Waits up to `timeoutMs` (-1: until something happens). A wake-up is reported as an
-    /// event with `wakeToken`, after draining the eventfd so it does not fire again.
-    public func wait(timeoutMs: Int32, into events: inout [Event]) throws(SystemError) {
+    /// Waits up to `timeoutNanos` (nil: until something happens). A wake-up is reported as
+    /// an event with `wakeToken`, after draining the eventfd so it does not fire again.
+    public func wait(timeoutNanos: UInt64?, into events: inout [Event]) throws(SystemError) {
         events.removeAll(keepingCapacity: true)
         let max = 256
         let readMask = UInt32(ULE_EPOLLIN | ULE_EPOLLHUP | ULE_EPOLLERR | ULE_EPOLLRDHUP)
@@ -75,7 +77,7 @@ public final class Poller: Sendable {
             withUnsafeTemporaryAllocation(of: UInt32.self, capacity: max) { flags in
                 let n: Int
                 do throws(SystemError) {
-                    n = try Sys.epollWait(epfd, tokens: tokens.baseAddress!, events: flags.baseAddress!, max: Int32(max), timeoutMs: timeoutMs)
+                    n = try Sys.epollWait(epfd, tokens: tokens.baseAddress!, events: flags.baseAddress!, max: Int32(max), timeoutNanos: timeoutNanos.map { Int64(min($0, UInt64(Int64.max))) } ?? -1)
                 } catch {
                     failure = error
                     return
@@ -97,6 +99,8 @@ public final class Poller: Sendable {
 
     private func drainWake() {
         var count: UInt64 = 0
-        _ = withUnsafeMutableBytes(of: &count) { try? Sys.readNow(wakeFD, $0, "wake eventfd") }
+        // read(2), not recv: an eventfd is no socket. It is non-blocking, so an empty one
+        // (two wakes drained at once) reports EAGAIN, which is fine to ignore.
+        _ = withUnsafeMutableBytes(of: &count) { try? Sys.read(wakeFD, $0, "wake eventfd") }
     }
 }

@@ -127,8 +127,8 @@ public enum Sys {
 
     /// Waits for readiness; fills `tokens`/`events` and returns how many. EINTR restarts the
     /// wait with the full timeout, which event loops tolerate: they recompute deadlines per turn.
-    public static func epollWait(_ epfd: Int32, tokens: UnsafeMutablePointer<UInt64>, events: UnsafeMutablePointer<UInt32>, max: Int32, timeoutMs: Int32) throws(SystemError) -> Int {
-        Int(try retrying("epoll_wait") { ule_epoll_wait(epfd, tokens, events, max, timeoutMs) })
+    public static func epollWait(_ epfd: Int32, tokens: UnsafeMutablePointer<UInt64>, events: UnsafeMutablePointer<UInt32>, max: Int32, timeoutNanos: Int64) throws(SystemError) -> Int {
+        Int(try retrying("epoll_wait") { ule_epoll_wait(epfd, tokens, events, max, timeoutNanos) })
     }
 
     /// A non-blocking eventfd, for waking a thread parked in `epoll_wait`.

@@ -60,8 +60,7 @@ final class TapConnection {
             case .endOfStream: clientEnded = true
             }
         } catch {
-            clientEnded = true
-            clientGone = true
+            clientFailed()
         }
         if session == nil {
             guard !clientIn.isEmpty else { return }
@@ -77,17 +76,23 @@ final class TapConnection {
     }
 
     func flushClient() {
-        if clientGone {
-            replies.out.clear()
-            return
+        if !clientGone {
+            do {
+                _ = try replies.out.flushNow(to: client)
+                return
+            } catch {
+                clientFailed()
+            }
         }
-        do {
-            _ = try replies.out.flushNow(to: client)
-        } catch {
-            clientGone = true
-            clientEnded = true
-            replies.out.clear()
-        }
+        replies.out.clear()
+    }
+
+    /// The client reset or vanished. A reset socket reports a hang-up whatever the interest,
+    /// so it is no longer watched while what is in flight finishes and is journaled.
+    private func clientFailed() {
+        clientEnded = true
+        clientGone = true
+        poller.remove(client.fd)
     }
 
     // MARK: upstream side
@@ -212,11 +217,17 @@ final class TapConnection {
     }
 
     /// Journals writes memcached acknowledged; returns what a sync reply must wait for.
+    /// The loop ships the records at the end of its turn (`journaled`).
     func journal(_ records: [(RecordOp, [UInt8])]) -> TapEmitter.SyncTicket? {
         var last: UInt64?
-        for (op, key) in records { last = context.emitter.emit(op, key: key) }
-        return last.flatMap { context.emitter.ticket(for: $0) }
+        for (op, key) in records { last = context.emitter.emit(op, key: key, shipping: true) }
+        guard let last else { return nil }
+        journaled = true
+        return context.emitter.ticket(for: last)
     }
+
+    /// Records were emitted since the loop last looked.
+    var journaled = false
 
     // MARK: life cycle
 
@@ -233,7 +244,7 @@ final class TapConnection {
         let stalled = replies.backlog > Self.backpressureBytes || upstreamOut.pending > Self.backpressureBytes
         if !clientEnded && !(session?.wantsClose ?? false) && !stalled { c.insert(.read) }
         if !replies.out.isEmpty { c.insert(.write) }
-        if c != clientInterest {
+        if c != clientInterest && !clientGone {
             clientInterest = c
             try? poller.modify(client.fd, token: clientToken, c)
         }

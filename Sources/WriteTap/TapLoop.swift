@@ -24,8 +24,15 @@ final class TapLoop: @unchecked Sendable {
     private var nextHeldCheck = UInt64.max
     private var nextID: UInt64 = 1
     private var lastTimerCheck: UInt64 = 0
+    /// Records emitted and not yet shipped, and when the loop last shipped.
+    private var unshipped = false
+    private var lastShip: UInt64 = 0
 
     static let timerPeriodNanos: UInt64 = 100_000_000
+    /// Under load, records gather this long between sends to the keeper: one send per record
+    /// costs the tap and the keeper more than the proxying itself. A quiet tap (the last
+    /// send longer ago than this) sends at once.
+    static let shipEveryNanos: UInt64 = 200_000
 
     init(name: String, context: TapContext) throws(SystemError) {
         self.name = name
@@ -55,7 +62,7 @@ final class TapLoop: @unchecked Sendable {
         var touched: [TapConnection] = []
         while !stopping.load(ordering: .acquiring) {
             do {
-                try poller.wait(timeoutMs: timeout(now: Clock.monoNanos()), into: &events)
+                try poller.wait(timeoutNanos: timeout(now: Clock.monoNanos()), into: &events)
             } catch {
                 Log.error("tap", "\(name): \(error)")
                 Clock.sleep(milliseconds: 10)
@@ -89,6 +96,11 @@ final class TapLoop: @unchecked Sendable {
                 }
             }
             for c in touched { settle(c) }
+            if unshipped && now - min(lastShip, now) >= Self.shipEveryNanos {
+                unshipped = false
+                lastShip = now
+                context.emitter.ship()
+            }
         }
         for c in connections.values { c.close() }
         context.sessionsEnded(connections.count)
@@ -97,11 +109,13 @@ final class TapLoop: @unchecked Sendable {
         stopped.update { $0 = true }
     }
 
-    private func timeout(now: UInt64) -> Int32 {
-        if connections.isEmpty { return -1 }
+    /// Until the next timer, ticket deadline or journal shipment; nil: until an event.
+    private func timeout(now: UInt64) -> UInt64? {
+        if connections.isEmpty && !unshipped { return nil }
         var until = lastTimerCheck + Self.timerPeriodNanos
         if !holding.isEmpty { until = min(until, nextHeldCheck) }
-        return Int32((until - min(until, now)) / 1_000_000) + 1
+        if unshipped { until = min(until, lastShip + Self.shipEveryNanos) }
+        return until - min(until, now)
     }
 
     private func adoptInbox(_ touched: inout [TapConnection]) {
@@ -138,6 +152,10 @@ final class TapLoop: @unchecked Sendable {
     private func settle(_ c: TapConnection) {
         c.flushUpstream()
         c.flushClient()
+        if c.journaled {
+            c.journaled = false
+            unshipped = true
+        }
         if c.replies.isHolding && !holding.contains(c.id) {
             holding.insert(c.id)
             // A fresh wait may be due before the current earliest.

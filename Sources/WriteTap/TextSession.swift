@@ -182,8 +182,8 @@ final class TextSession: ProxySession {
         switch cmd.reply {
         case .values:
             guard let (length, total) = input.line() else { return false }
-            let line = input.bytes(0..<length)
-            if let h = ValueHeader.parse(line) {
+            let isValue = input.withBytes(0..<length) { $0.starts(with: "VALUE ".utf8) }
+            if isValue, let h = ValueHeader.parse(input.bytes(0..<length)) {
                 guard input.count >= total + h.length + 2 else { return false }
                 c.relay(total + h.length + 2)
                 if case .touchHits = cmd.effect { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [h.key]) } }
@@ -208,7 +208,7 @@ final class TextSession: ProxySession {
             if last { inFlight.removeFirst() }
         case .line, .close:
             guard let (length, total) = input.line() else { return false }
-            let ok = Self.lineSuccess(cmd.effect, input.bytes(0..<length))
+            let ok = input.withBytes(0..<length) { Self.lineSuccess(cmd.effect, $0) }
             finish(c, total, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
         }
         return true
@@ -221,13 +221,13 @@ final class TextSession: ProxySession {
         c.relay(size, waitingFor: c.journal(records), refusal: refusal)
     }
 
-    static func lineSuccess(_ effect: ClientCommand.Effect?, _ l: [UInt8]) -> Bool {
+    static func lineSuccess<C: Collection<UInt8>>(_ effect: ClientCommand.Effect?, _ l: C) -> Bool {
         guard let effect else { return false }
         switch effect {
-        case .write: return l == Array("STORED".utf8) || Bytes.parseUInt(l) != nil
-        case .delete: return l == Array("DELETED".utf8)
-        case .touch: return l == Array("TOUCHED".utf8)
-        case .flush: return l == Array("OK".utf8)
+        case .write: return l.elementsEqual("STORED".utf8) || Bytes.parseUInt(l) != nil
+        case .delete: return l.elementsEqual("DELETED".utf8)
+        case .touch: return l.elementsEqual("TOUCHED".utf8)
+        case .flush: return l.elementsEqual("OK".utf8)
         default: return false
         }
     }

@@ -43,7 +43,7 @@ final class BenchPair {
         tap?.stop()
         let p = Env.port()
         tap = try Spawned(Env.understudy, ["tap", "--listen", "127.0.0.1:\(p)", "--memcached", srcEP.description,
-                                           "--journal", "127.0.0.1:\(jA)", "--mode", mode],
+                                           "--journal", "127.0.0.1:\(jA)", "--mode", mode] + (ProcessInfo.processInfo.environment["TAP_THREADS"].map { ["--threads", $0] } ?? []),
                           name: "tap", log: dir + "/tap-\(p).log")
         tapEP = Endpoint(host: "127.0.0.1", port: p)
         try Env.waitConnectable(tapEP!)

@@ -9,7 +9,8 @@
 
 int ule_epoll_create(void);
 int ule_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
-int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms);
+/// timeout_ns < 0 waits until an event.
+int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int64_t timeout_ns);
 int ule_eventfd(void);
 
 enum {

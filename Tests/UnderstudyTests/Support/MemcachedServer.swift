@@ -15,29 +15,44 @@ final class MemcachedServer: @unchecked Sendable {
     /// with that message instead of skipping it.
     init(memoryMB: Int = 256, extraArgs: [String] = [], port: UInt16? = nil, dir: String? = nil, placement: Placement = .loopback) throws {
         guard let bin = Paths.which("memcached") else { throw TestFailure("memcached is not installed (apt-get install memcached)") }
-        let p = port ?? Ports.free()
-        self.port = p
         self.dir = dir ?? Paths.tempDir("mc")
         self.placement = placement
-        var args = ["-p", String(p), "-l", placement.host, "-U", "0", "-m", String(memoryMB), "-t", "2"]
-        if getuid() == 0 { args += ["-u", "root"] }
-        child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: self.dir, launcher: placement.launcher)
-        try waitReady()
+        // A port checked free can still be taken before memcached binds it (by another test's
+        // server, or a restarted one's old sockets still closing). Bounded retries: a fresh
+        // port when none was asked for, the same one after a pause when it was.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let p = port ?? Ports.free()
+            var args = ["-p", String(p), "-l", placement.host, "-U", "0", "-m", String(memoryMB), "-t", "2"]
+            if getuid() == 0 { args += ["-u", "root"] }
+            let child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: self.dir, launcher: placement.launcher)
+            do {
+                try Self.waitReady(child, Endpoint(host: placement.host, port: p))
+                self.port = p
+                self.child = child
+                return
+            } catch {
+                child.kill9()
+                guard attempt < 5, child.log.contains("Address already in use") else { throw error }
+                usleep(200_000)
+            }
+        }
     }
 
     var endpoint: Endpoint { Endpoint(host: placement.host, port: port) }
     var address: String { "\(placement.host):\(port)" }
 
-    func waitReady() throws {
+    static func waitReady(_ child: ChildProcess, _ endpoint: Endpoint) throws {
         for _ in 0..<500 {
             if let c = try? MemcacheConnection(endpoint, connectTimeoutMs: 200) {
                 c.close()
                 return
             }
-            if !child.isRunning { throw TestFailure("memcached on \(port) exited: \(child.log)") }
+            if !child.isRunning { throw TestFailure("memcached on \(endpoint.port) exited: \(child.log)") }
             usleep(10_000)
         }
-        throw TestFailure("memcached on \(port) did not start")
+        throw TestFailure("memcached on \(endpoint.port) did not start")
     }
 
     func connect() throws -> MemcacheConnection { try MemcacheConnection(endpoint, ioTimeoutMs: 10_000) }
