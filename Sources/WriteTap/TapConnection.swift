@@ -33,7 +33,8 @@ final class TapConnection {
     private var clientInterest: Poller.Interest = .read
     private var upstreamInterest: Poller.Interest = []
 
-    /// Past this much unsent output the client is not read until it catches up.
+    /// Past this much output the client has not taken, neither it nor memcached's replies to
+    /// it are read until it catches up.
     static let backpressureBytes = 4 << 20
     static let connectTimeoutNanos: UInt64 = 1_000_000_000
 
@@ -73,6 +74,11 @@ final class TapConnection {
             }
         }
         session?.takeRequests(self)
+    }
+
+    /// The tap is stopping: take no new requests; what is in flight still finishes.
+    func stopReading() {
+        clientEnded = true
     }
 
     func flushClient() {
@@ -201,6 +207,8 @@ final class TapConnection {
     /// Bounds a connect that hangs and a memcached that stops answering.
     func checkTimers(now: UInt64) {
         guard upstream != nil else { return }
+        // Waiting for the client to take its replies is not memcached being slow.
+        if waitingSince != nil && replies.backlog > Self.backpressureBytes { waitingSince = now }
         if connecting && now > connectDeadline {
             lost("connect to memcached \(context.memcached) timed out after \(Self.connectTimeoutNanos / 1_000_000) ms")
         } else if let since = waitingSince, now - min(since, now) > UInt64(context.pool.ioTimeoutMs) * 1_000_000 {
@@ -217,17 +225,15 @@ final class TapConnection {
     }
 
     /// Journals writes memcached acknowledged; returns what a sync reply must wait for.
-    /// The loop ships the records at the end of its turn (`journaled`).
+    ///
+    /// Async records go out from the emitter's sender thread, which batches them under load.
+    /// Sending them from the loop instead (measured) gained 7% saturated set throughput but
+    /// cost 10–20 µs on every async write, the loop sending while the next request waited.
     func journal(_ records: [(RecordOp, [UInt8])]) -> TapEmitter.SyncTicket? {
         var last: UInt64?
-        for (op, key) in records { last = context.emitter.emit(op, key: key, shipping: true) }
-        guard let last else { return nil }
-        journaled = true
-        return context.emitter.ticket(for: last)
+        for (op, key) in records { last = context.emitter.emit(op, key: key) }
+        return last.flatMap { context.emitter.ticket(for: $0) }
     }
-
-    /// Records were emitted since the loop last looked.
-    var journaled = false
 
     // MARK: life cycle
 
@@ -249,7 +255,9 @@ final class TapConnection {
             try? poller.modify(client.fd, token: clientToken, c)
         }
         guard let up = upstream else { return }
-        var u: Poller.Interest = connecting ? [.write] : [.read]
+        // Replies the client is not taking stay in memcached's socket, not in our memory
+        // (pipelined gets of big values would otherwise pile up here).
+        var u: Poller.Interest = connecting ? [.write] : replies.backlog > Self.backpressureBytes ? [] : [.read]
         if !upstreamOut.isEmpty { u.insert(.write) }
         if u != upstreamInterest {
             upstreamInterest = u

@@ -116,29 +116,18 @@ public final class TapEmitter: Sendable {
 
     /// Queues a record for a write memcached has already acknowledged (Invariant 1). Never
     /// blocks on the network. Returns the record's tap sequence number.
-    ///
-    /// `shipping`: the caller promises to call `ship()` soon (an event loop, at the end of its
-    /// turn), so an async record does not wake the sender thread: on a busy machine that
-    /// wake-up and the sender's sleep cost more than sending from the loop.
     @discardableResult
-    public func emit(_ op: RecordOp, key: [UInt8], shipping: Bool = false) -> UInt64 {
+    public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
         let sendsItself = options.mode != .async
         let (seq, channel) = state.update(signalling: { s -> ((UInt64, JournalChannel?), wake: Bool) in
             let seq = emitLocked(&s, op, key)
-            return ((seq, sendsItself ? s.channel : nil), !sendsItself && !shipping && s.senderIdle)
+            return ((seq, sendsItself ? s.channel : nil), !sendsItself && s.senderIdle)
         })
         // A sync writer is about to wait for this record anyway: it sends it itself rather
         // than wait for the sender thread to be scheduled. If it cannot (another thread is
         // sending, or the socket is full), the sender takes over.
         if let channel { ship(channel) }
         return seq
-    }
-
-    /// Sends every queued record from this thread if the journal channel is free and takes
-    /// them without blocking; otherwise (busy, full, disconnected) leaves them to the sender.
-    public func ship() {
-        guard let channel = state.withLock({ $0.channel }) else { return state.update { _ in } }
-        ship(channel)
     }
 
     private func ship(_ channel: JournalChannel) {

@@ -24,15 +24,9 @@ final class TapLoop: @unchecked Sendable {
     private var nextHeldCheck = UInt64.max
     private var nextID: UInt64 = 1
     private var lastTimerCheck: UInt64 = 0
-    /// Records emitted and not yet shipped, and when the loop last shipped.
-    private var unshipped = false
-    private var lastShip: UInt64 = 0
 
     static let timerPeriodNanos: UInt64 = 100_000_000
-    /// Under load, records gather this long between sends to the keeper: one send per record
-    /// costs the tap and the keeper more than the proxying itself. A quiet tap (the last
-    /// send longer ago than this) sends at once.
-    static let shipEveryNanos: UInt64 = 200_000
+    static let drainNanos: UInt64 = 2_000_000_000
 
     init(name: String, context: TapContext) throws(SystemError) {
         self.name = name
@@ -50,7 +44,9 @@ final class TapLoop: @unchecked Sendable {
         poller.wake()
     }
 
-    /// Closes every connection and waits (bounded) for the thread to finish.
+    /// Stops reading clients, lets what is in flight finish (bounded by `drainNanos`) so
+    /// that every write memcached applied is journaled, then closes every connection and
+    /// waits for the thread to finish.
     func stop() {
         stopping.store(true, ordering: .releasing)
         poller.wake()
@@ -60,7 +56,15 @@ final class TapLoop: @unchecked Sendable {
     private func run() {
         var events: [Poller.Event] = []
         var touched: [TapConnection] = []
-        while !stopping.load(ordering: .acquiring) {
+        var drainUntil: UInt64?
+        while true {
+            if drainUntil == nil && stopping.load(ordering: .acquiring) {
+                drainUntil = Clock.monoNanos() + Self.drainNanos
+                for c in connections.values { c.stopReading() }
+                touched = Array(connections.values)
+                for c in touched { settle(c) }
+            }
+            if let drainUntil, connections.isEmpty || Clock.monoNanos() >= drainUntil { break }
             do {
                 try poller.wait(timeoutNanos: timeout(now: Clock.monoNanos()), into: &events)
             } catch {
@@ -84,7 +88,7 @@ final class TapLoop: @unchecked Sendable {
                 }
                 touched.append(c)
             }
-            if woken { adoptInbox(&touched) }
+            if woken { adoptInbox(accepting: drainUntil == nil) }
             let now = Clock.monoNanos()
             // A wake-up may be the emitter reporting sync progress.
             if !holding.isEmpty && (woken || now >= nextHeldCheck) { releaseHeld(now: now, &touched) }
@@ -96,30 +100,29 @@ final class TapLoop: @unchecked Sendable {
                 }
             }
             for c in touched { settle(c) }
-            if unshipped && now - min(lastShip, now) >= Self.shipEveryNanos {
-                unshipped = false
-                lastShip = now
-                context.emitter.ship()
-            }
         }
         for c in connections.values { c.close() }
         context.sessionsEnded(connections.count)
         connections.removeAll()
-        for s in inbox.withLock({ q -> [Socket] in defer { q.removeAll() }; return q }) { s.close() }
+        adoptInbox(accepting: false)
         stopped.update { $0 = true }
     }
 
-    /// Until the next timer, ticket deadline or journal shipment; nil: until an event.
+    /// Until the next timer or ticket deadline; nil: until an event.
     private func timeout(now: UInt64) -> UInt64? {
-        if connections.isEmpty && !unshipped { return nil }
+        if connections.isEmpty { return nil }
         var until = lastTimerCheck + Self.timerPeriodNanos
         if !holding.isEmpty { until = min(until, nextHeldCheck) }
-        if unshipped { until = min(until, lastShip + Self.shipEveryNanos) }
         return until - min(until, now)
     }
 
-    private func adoptInbox(_ touched: inout [TapConnection]) {
+    private func adoptInbox(accepting: Bool) {
         for s in inbox.withLock({ q -> [Socket] in defer { q.removeAll() }; return q }) {
+            guard accepting else {
+                s.close()
+                context.sessionsEnded(1)
+                continue
+            }
             let id = nextID
             nextID += 1
             do {
@@ -152,10 +155,6 @@ final class TapLoop: @unchecked Sendable {
     private func settle(_ c: TapConnection) {
         c.flushUpstream()
         c.flushClient()
-        if c.journaled {
-            c.journaled = false
-            unshipped = true
-        }
         if c.replies.isHolding && !holding.contains(c.id) {
             holding.insert(c.id)
             // A fresh wait may be due before the current earliest.

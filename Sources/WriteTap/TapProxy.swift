@@ -1,3 +1,4 @@
+import Foundation
 import JournalWire
 import MemcacheClient
 import MemcacheProtocol
@@ -15,11 +16,15 @@ public final class TapProxy: Sendable {
         public var memcached: Endpoint
         /// Values larger than this are refused locally; nil asks memcached (`item_size_max`).
         public var maxItemSize: Int?
-        /// Event-loop threads. One keeps up with memcached on a 2-core machine; more help
-        /// when the tap has cores to itself.
+        /// Event-loop threads. One per core (up to 4) by default: on a busy machine the
+        /// scheduler shares CPU per thread, and a single loop got too little of it next to
+        /// memcached and the keeper (measured: 25k writes/s with one loop, 28k with two,
+        /// 32-connection gets 58k vs 68k on 2 cores).
         public var threads: Int
 
-        public init(listen: Endpoint, memcached: Endpoint, maxItemSize: Int? = nil, threads: Int = 1) {
+        public static let defaultThreads = min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 4)
+
+        public init(listen: Endpoint, memcached: Endpoint, maxItemSize: Int? = nil, threads: Int = Options.defaultThreads) {
             self.listen = listen
             self.memcached = memcached
             self.maxItemSize = maxItemSize
@@ -74,10 +79,16 @@ public final class TapProxy: Sendable {
         Log.info("tap", "listening on \(options.listen) (port \(port)), memcached \(options.memcached), journal \(emitter.options.journal), mode \(emitter.mode.rawValue), \(loops.count) event loop(s)")
     }
 
+    /// Stops accepting, finishes what clients have in flight, and gives the keeper a moment
+    /// to acknowledge the last records before the emitter stops: an orderly restart of the
+    /// tap loses nothing the follower would not otherwise learn of.
     public func stop() {
         listener.close()
         for l in loops { l.stop() }
         context.pool.drainIdle()
+        if emitter.isConnected && !emitter.drain(timeoutMs: 2000) {
+            Log.warning("tap", "stopping with \(emitter.lastSeq - emitter.ackedSeq) records the keeper has not acknowledged")
+        }
         emitter.stop()
     }
 }

@@ -14,7 +14,7 @@ enum TapCommand {
                                 or strict (wait; SERVER_ERROR if not replicated)
           --sync-timeout MS     how long sync and strict wait for the follower (default 1000)
           --buffer N            unacknowledged journal records held before reporting a gap (default 1048576)
-          --threads N           event-loop threads serving clients (default 1)
+          --threads N           event-loop threads serving clients (default: one per core, up to 4)
 
         """
 
@@ -36,7 +36,7 @@ enum TapCommand {
             guard let buffer = Int(o.values["buffer"] ?? "1048576"), buffer > 0 else {
                 printError("understudy tap: --buffer must be positive"); return 64
             }
-            guard let threads = Int(o.values["threads"] ?? "1"), (1...64).contains(threads) else {
+            guard let threads = Int(o.values["threads"] ?? String(TapProxy.Options.defaultThreads)), (1...64).contains(threads) else {
                 printError("understudy tap: --threads must be between 1 and 64"); return 64
             }
             var secret: [UInt8] = []
