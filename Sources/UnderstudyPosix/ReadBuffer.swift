@@ -95,4 +95,13 @@ public final class ReadBuffer {
     }
 
     public func removeAll() { start = end }
+
+    /// Drops what is here of `remaining` bytes (a refused body still arriving) and counts
+    /// them off. True once all of them are gone.
+    public func discard(_ remaining: inout Int) -> Bool {
+        let n = min(remaining, count)
+        consume(n)
+        remaining -= n
+        return remaining == 0
+    }
 }

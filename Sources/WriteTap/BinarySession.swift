@@ -44,10 +44,7 @@ final class BinarySession: ProxySession {
         let input = c.clientIn
         while !wantsClose {
             if discarding > 0 {
-                let n = min(discarding, input.count)
-                input.consume(n)
-                discarding -= n
-                if discarding > 0 { break }
+                guard input.discard(&discarding) else { break }
                 continue
             }
             guard input.count >= BinaryHeader.size else { break }

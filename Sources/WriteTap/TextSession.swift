@@ -45,10 +45,7 @@ final class TextSession: ProxySession {
         let input = c.clientIn
         while !wantsClose {
             if discarding > 0 {
-                let n = min(discarding, input.count)
-                input.consume(n)
-                discarding -= n
-                if discarding > 0 { break }
+                guard input.discard(&discarding) else { break }
                 continue
             }
             if discardingLine {
