@@ -10,7 +10,11 @@ public final class Socket: Sendable {
     public let fd: Int32
     /// What this socket talks to, for error messages.
     public let peer: String
-    private let closed = Atomic<Bool>(false)
+    /// Whether `fd` was closed. A lock, not an atomic flag: `shutdown` must never reach the
+    /// descriptor after `close` released its number, or it would shut down whatever socket
+    /// the number was given to next (seen: a test's listener refusing connections, a client
+    /// reading EOF, after a journal thread shut down its already closed channel).
+    private let closed = Mutex<Bool>(false)
 
     public init(fd: Int32, peer: String) {
         self.fd = fd
@@ -20,11 +24,19 @@ public final class Socket: Sendable {
     deinit { close() }
 
     public func close() {
-        if !closed.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(fd) }
+        closed.withLock { closed in
+            if !closed {
+                closed = true
+                Sys.close(fd)
+            }
+        }
     }
 
     /// Wakes any thread blocked on this socket; the descriptor stays valid until `close()`.
-    public func shutdown() { Sys.shutdown(fd) }
+    /// After `close()` it does nothing.
+    public func shutdown() {
+        closed.withLock { closed in if !closed { Sys.shutdown(fd) } }
+    }
 
     // MARK: connect
 

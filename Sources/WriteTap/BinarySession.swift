@@ -91,12 +91,15 @@ final class BinarySession: ProxySession {
             c.forwardClientBytes(size)
             if quiet {
                 unfenced.openOrAppend(Quiet(opaque: h.opaque, record: BinaryPacket.effect(h.opcode)?.record(key)))
-            } else if noop {
+                continue
+            }
+            if noop {
                 inFlight.append(.quietGroup(unfenced ?? [], fence: h.opaque, clientFence: true))
                 unfenced = nil
             } else {
                 inFlight.append(.reply(h, key: key))
             }
+            c.expectReply()
         }
         closeGroup(c)
     }
@@ -106,6 +109,7 @@ final class BinarySession: ProxySession {
         unfenced = nil
         c.forward(BinaryHeader(magic: BinaryPacket.requestMagic, opcode: BinaryPacket.Opcode.noop, opaque: Self.fenceOpaque).encode())
         inFlight.append(.quietGroup(quiet, fence: Self.fenceOpaque, clientFence: false))
+        c.expectReply()
     }
 
     private func answer(_ c: TapConnection, _ bytes: [UInt8]) {
@@ -114,53 +118,60 @@ final class BinarySession: ProxySession {
 
     // MARK: replies
 
-    func takeReplies(_ c: TapConnection) {
+    func takeReply(_ c: TapConnection) -> ReplyProgress {
         let input = c.upstreamIn
-        while let entry = inFlight.first {
-            if case .local(let bytes) = entry {
-                c.replies.add(bytes)
+        guard let entry = inFlight.first else { return .done }
+        if case .local = entry {
+            answerLocals(c)
+            return .progress
+        }
+        guard input.count >= BinaryHeader.size else { return .incomplete }
+        let rh = BinaryHeader(parsing: input.bytes(0..<BinaryHeader.size))
+        let size = BinaryHeader.size + Int(rh.bodyLength)
+        guard input.count >= size else { return .incomplete }
+        switch entry {
+        case .local:
+            return .progress
+        case .quietGroup(var quiet, let fence, let clientFence):
+            if rh.opcode == BinaryPacket.Opcode.noop && rh.opaque == fence {
                 inFlight.removeFirst()
-                continue
+                let ticket = c.journal(quiet.compactMap(\.record))
+                if clientFence {
+                    c.relay(size, waitingFor: ticket, refusal: .none)
+                } else {
+                    input.consume(size)
+                }
+                answerLocals(c)
+                return .done
             }
-            guard input.count >= BinaryHeader.size else { return }
-            let rh = BinaryHeader(parsing: input.bytes(0..<BinaryHeader.size))
-            let size = BinaryHeader.size + Int(rh.bodyLength)
-            guard input.count >= size else { return }
-            switch entry {
-            case .local:
-                break
-            case .quietGroup(var quiet, let fence, let clientFence):
-                if rh.opcode == BinaryPacket.Opcode.noop && rh.opaque == fence {
-                    inFlight.removeFirst()
-                    let ticket = c.journal(quiet.compactMap(\.record))
-                    if clientFence {
-                        c.relay(size, waitingFor: ticket, refusal: .none)
-                    } else {
-                        input.consume(size)
-                    }
-                    continue
-                }
-                // A reply to a quiet request: a failure means its write did not happen.
-                if rh.status != BinaryPacket.Status.ok, let i = quiet.firstIndex(where: { $0.opaque == rh.opaque }) {
-                    quiet[i].record = nil
-                    inFlight.updateFirst { $0 = .quietGroup(quiet, fence: fence, clientFence: clientFence) }
-                }
+            // A reply to a quiet request: a failure means its write did not happen.
+            if rh.status != BinaryPacket.Status.ok, let i = quiet.firstIndex(where: { $0.opaque == rh.opaque }) {
+                quiet[i].record = nil
+                inFlight.updateFirst { $0 = .quietGroup(quiet, fence: fence, clientFence: clientFence) }
+            }
+            c.relay(size)
+            return .progress
+        case .reply(let h, let key):
+            // Not ours (a client reusing opaques across quiet requests), or one STAT of many
+            // (the last has an empty key): pass it on, the request goes on.
+            let stat = h.opcode == BinaryPacket.Opcode.stat && rh.keyLength != 0 && rh.status == BinaryPacket.Status.ok
+            guard rh.opaque == h.opaque && rh.opcode == h.opcode && !stat else {
                 c.relay(size)
-            case .reply(let h, let key):
-                guard rh.opaque == h.opaque && rh.opcode == h.opcode else {
-                    // Not ours (a client reusing opaques across quiet requests): pass it on.
-                    c.relay(size)
-                    continue
-                }
-                // STAT streams one packet per statistic and ends with an empty key.
-                if h.opcode == BinaryPacket.Opcode.stat && rh.keyLength != 0 && rh.status == BinaryPacket.Status.ok {
-                    c.relay(size)
-                    continue
-                }
-                inFlight.removeFirst()
-                let record = rh.status == BinaryPacket.Status.ok ? BinaryPacket.effect(h.opcode)?.record(key) : nil
-                c.relay(size, waitingFor: c.journal(record.map { [$0] } ?? []), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
+                return .progress
             }
+            inFlight.removeFirst()
+            let record = rh.status == BinaryPacket.Status.ok ? BinaryPacket.effect(h.opcode)?.record(key) : nil
+            c.relay(size, waitingFor: c.journal(record.map { [$0] } ?? []), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
+            answerLocals(c)
+            return .done
+        }
+    }
+
+    /// Local answers queued behind the request just answered: their turn has come.
+    private func answerLocals(_ c: TapConnection) {
+        while case .local(let bytes) = inFlight.first {
+            c.replies.add(bytes)
+            inFlight.removeFirst()
         }
     }
 

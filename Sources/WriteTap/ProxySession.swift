@@ -7,8 +7,9 @@
 protocol ProxySession: AnyObject {
     /// Handles every complete request in `c.clientIn`.
     func takeRequests(_ c: TapConnection)
-    /// Handles every complete reply in `c.upstreamIn`.
-    func takeReplies(_ c: TapConnection)
+    /// Consumes what it can of this client's next reply from `c.upstreamIn`, which the
+    /// upstream hands it because the next reply there is this client's.
+    func takeReply(_ c: TapConnection) -> ReplyProgress
     /// The upstream connection is gone: answer what was in flight with an error, and journal
     /// what may have been applied (a record too many is harmless, one too few is not).
     func upstreamLost(_ c: TapConnection, reason: String)
@@ -16,6 +17,16 @@ protocol ProxySession: AnyObject {
     var isIdle: Bool { get }
     /// The session reads no more requests (quit, or a stream it cannot resynchronise).
     var wantsClose: Bool { get }
+}
+
+/// How far a session got with its next reply.
+enum ReplyProgress {
+    /// The rest has not arrived.
+    case incomplete
+    /// Part of a reply that goes on (a `VALUE`, a stats line, a quiet request's answer).
+    case progress
+    /// The request is answered; the next reply belongs to whoever is next in line.
+    case done
 }
 
 /// Requests in flight, oldest first; replies come back in this order (Invariant: memcached

@@ -16,39 +16,33 @@ final class TapConnection {
     let clientIn = ReadBuffer()
     var replies = ReplyQueue()
     private(set) var session: (any ProxySession)?
-    private var dialect = UpstreamPool.Dialect.text
-
-    private(set) var upstream: Socket?
-    private var connecting = false
-    private var connectDeadline: UInt64 = 0
-    let upstreamIn = ReadBuffer()
-    private var upstreamOut = WriteBuffer()
-    /// Since when a forwarded request has waited with no byte back from memcached.
-    private var waitingSince: UInt64?
+    /// The loop's shared connection for this client's dialect (text until the first byte
+    /// says binary).
+    private(set) var upstream: Upstream
+    private let binaryUpstream: Upstream
 
     /// The client sent its last byte (or failed): nothing more to read.
     private var clientEnded = false
     /// The client cannot take replies any more: drop them, but finish journaling.
     private var clientGone = false
     private var clientInterest: Poller.Interest = .read
-    private var upstreamInterest: Poller.Interest = []
 
-    /// Past this much output the client has not taken, neither it nor memcached's replies to
-    /// it are read until it catches up.
+    /// Past this much output the client has not taken, it is not read until it catches up.
     static let backpressureBytes = 4 << 20
-    static let connectTimeoutNanos: UInt64 = 1_000_000_000
 
-    init(id: UInt64, client: Socket, context: TapContext, poller: Poller) throws(SystemError) {
+    init(id: UInt64, client: Socket, context: TapContext, poller: Poller, text: Upstream, binary: Upstream) throws(SystemError) {
         self.id = id
         self.client = client
         self.context = context
         self.poller = poller
+        self.upstream = text
+        self.binaryUpstream = binary
         Sys.setNonBlocking(client.fd, true)
         try poller.add(client.fd, token: clientToken, clientInterest)
     }
 
+    /// Even tokens are clients; odd ones are the loop's upstreams.
     var clientToken: UInt64 { id << 1 }
-    var upstreamToken: UInt64 { id << 1 | 1 }
 
     // MARK: client side
 
@@ -67,7 +61,7 @@ final class TapConnection {
             guard !clientIn.isEmpty else { return }
             // The first byte picks the protocol, as in memcached: 0x80 is binary.
             if clientIn.byte(at: 0) == BinaryPacket.requestMagic {
-                dialect = .binary
+                upstream = binaryUpstream
                 session = BinarySession(maxItemSize: context.itemSizeMax)
             } else {
                 session = TextSession(maxItemSize: context.itemSizeMax)
@@ -103,118 +97,32 @@ final class TapConnection {
 
     // MARK: upstream side
 
-    /// Makes sure an upstream connection exists or is being made. Returns why not, if not.
-    func ensureUpstream() -> String? {
-        if upstream != nil { return nil }
-        if let idle = context.pool.takeIdle(dialect) {
-            adoptUpstream(idle, pending: false)
-            return nil
-        }
-        do {
-            let (s, pending) = try Socket.startConnect(to: context.memcached)
-            adoptUpstream(s, pending: pending)
-            return nil
-        } catch {
-            return "memcached \(context.memcached) unavailable: \(error)"
-        }
-    }
-
-    private func adoptUpstream(_ s: Socket, pending: Bool) {
-        upstream = s
-        connecting = pending
-        connectDeadline = Clock.monoNanos() + Self.connectTimeoutNanos
-        upstreamInterest = pending ? .write : .read
-        do {
-            try poller.add(s.fd, token: upstreamToken, upstreamInterest)
-        } catch {
-            // Leave it to the next flush to fail visibly.
-            Log.error("tap", "\(error)")
-        }
-    }
+    /// Makes sure the upstream connection exists or is being made. Returns why not, if not.
+    func ensureUpstream() -> String? { upstream.ensure() }
 
     func forward(_ bytes: [UInt8]) {
-        upstreamOut.append(bytes)
-        noteForwarded()
+        bytes.withUnsafeBytes { upstream.forward($0) }
     }
 
     func forward(_ text: StaticString) {
-        upstreamOut.append(text)
-        noteForwarded()
+        text.withUTF8Buffer { upstream.forward(UnsafeRawBufferPointer($0)) }
     }
 
     /// Forwards the first `n` bytes of the client's input, and consumes them.
     func forwardClientBytes(_ n: Int) {
-        clientIn.withBytes(0..<n) { upstreamOut.append($0) }
+        clientIn.withBytes(0..<n) { upstream.forward($0) }
         clientIn.consume(n)
-        noteForwarded()
     }
 
-    private func noteForwarded() {
-        if waitingSince == nil { waitingSince = Clock.monoNanos() }
-    }
+    /// The request just forwarded gets a reply this client's session will consume.
+    func expectReply() { upstream.expectReply(for: self) }
 
-    func upstreamWritable() {
-        guard let up = upstream else { return }
-        if connecting {
-            do {
-                try up.finishConnect()
-                connecting = false
-            } catch {
-                return lost("memcached \(context.memcached) unavailable: \(error)")
-            }
-        }
-        flushUpstream()
-    }
+    /// Replies from memcached, the next of which is this client's.
+    var upstreamIn: ReadBuffer { upstream.input }
 
-    func upstreamReadable() {
-        guard let up = upstream, !connecting else { return }
-        do {
-            switch try upstreamIn.fill(from: up) {
-            case .read: waitingSince = Clock.monoNanos()
-            case .wouldBlock: return
-            case .endOfStream: return lost("memcached closed the connection")
-            }
-        } catch {
-            return lost("\(error)")
-        }
-        session?.takeReplies(self)
-        if session?.isIdle ?? true { waitingSince = nil }
-    }
+    func takeReply() -> ReplyProgress { session?.takeReply(self) ?? .done }
 
-    func flushUpstream() {
-        guard let up = upstream, !connecting else { return }
-        do {
-            _ = try upstreamOut.flushNow(to: up)
-        } catch {
-            lost("\(error)")
-        }
-    }
-
-    /// Drops the upstream connection and lets the session answer what was in flight.
-    func lost(_ reason: String) {
-        guard let up = upstream else { return }
-        poller.remove(up.fd)
-        up.close()
-        upstream = nil
-        connecting = false
-        upstreamInterest = []
-        upstreamIn.removeAll()
-        upstreamOut.clear()
-        waitingSince = nil
-        session?.upstreamLost(self, reason: reason)
-    }
-
-    /// Bounds a connect that hangs and a memcached that stops answering.
-    func checkTimers(now: UInt64) {
-        guard upstream != nil else { return }
-        // Waiting for the client to take its replies is not memcached being slow.
-        if waitingSince != nil && replies.backlog > Self.backpressureBytes { waitingSince = now }
-        if connecting && now > connectDeadline {
-            lost("connect to memcached \(context.memcached) timed out after \(Self.connectTimeoutNanos / 1_000_000) ms")
-        } else if let since = waitingSince, now - min(since, now) > UInt64(context.pool.ioTimeoutMs) * 1_000_000 {
-            lost("memcached \(context.memcached) did not answer within \(context.pool.ioTimeoutMs) ms")
-        }
-    }
+    func upstreamLost(_ reason: String) { session?.upstreamLost(self, reason: reason) }
 
     // MARK: replies and journal
 
@@ -247,35 +155,16 @@ final class TapConnection {
     /// side we cannot act on (ended, backpressured) must be dropped from the interest set.
     func updateInterest() {
         var c: Poller.Interest = []
-        let stalled = replies.backlog > Self.backpressureBytes || upstreamOut.pending > Self.backpressureBytes
-        if !clientEnded && !(session?.wantsClose ?? false) && !stalled { c.insert(.read) }
+        if !clientEnded && !(session?.wantsClose ?? false) && replies.backlog <= Self.backpressureBytes { c.insert(.read) }
         if !replies.out.isEmpty { c.insert(.write) }
         if c != clientInterest && !clientGone {
             clientInterest = c
             try? poller.modify(client.fd, token: clientToken, c)
         }
-        guard let up = upstream else { return }
-        // Replies the client is not taking stay in memcached's socket, not in our memory
-        // (pipelined gets of big values would otherwise pile up here).
-        var u: Poller.Interest = connecting ? [.write] : replies.backlog > Self.backpressureBytes ? [] : [.read]
-        if !upstreamOut.isEmpty { u.insert(.write) }
-        if u != upstreamInterest {
-            upstreamInterest = u
-            try? poller.modify(up.fd, token: upstreamToken, u)
-        }
     }
 
-    /// Closes the client, and returns a clean upstream connection to the pool.
     func close() {
         poller.remove(client.fd)
         client.close()
-        guard let up = upstream else { return }
-        poller.remove(up.fd)
-        upstream = nil
-        if !connecting && upstreamIn.isEmpty && upstreamOut.isEmpty && (session?.isIdle ?? true) {
-            context.pool.release(up, dialect)
-        } else {
-            up.close()
-        }
     }
 }

@@ -19,6 +19,8 @@ final class TapLoop: @unchecked Sendable {
     private let stopped = Monitor<Bool>(false)
 
     private var connections: [UInt64: TapConnection] = [:]
+    /// The loop's shared connections to memcached: text (token 1) and binary (token 3).
+    private let upstreams: [Upstream]
     /// Connections with replies held for sync-mode waits.
     private var holding: Set<UInt64> = []
     private var nextHeldCheck = UInt64.max
@@ -31,7 +33,10 @@ final class TapLoop: @unchecked Sendable {
     init(name: String, context: TapContext) throws(SystemError) {
         self.name = name
         self.context = context
-        poller = try Poller()
+        let poller = try Poller()
+        self.poller = poller
+        upstreams = [Upstream(.text, token: 1, context: context, poller: poller),
+                     Upstream(.binary, token: 3, context: context, poller: poller)]
     }
 
     func start() {
@@ -79,13 +84,14 @@ final class TapLoop: @unchecked Sendable {
                     woken = true
                     continue
                 }
-                guard let c = connections[e.token >> 1] else { continue }
                 if e.token & 1 == 1 {
-                    if e.writable { c.upstreamWritable() }
-                    if e.readable { c.upstreamReadable() }
-                } else if e.readable {
-                    c.clientReadable()
+                    let up = upstreams[Int(e.token >> 1)]
+                    if e.writable { up.writable() }
+                    if e.readable { up.readable() }
+                    continue
                 }
+                guard let c = connections[e.token >> 1] else { continue }
+                if e.readable { c.clientReadable() }
                 touched.append(c)
             }
             if woken { adoptInbox(accepting: drainUntil == nil) }
@@ -94,14 +100,20 @@ final class TapLoop: @unchecked Sendable {
             if !holding.isEmpty && (woken || now >= nextHeldCheck) { releaseHeld(now: now, &touched) }
             if now - lastTimerCheck >= Self.timerPeriodNanos {
                 lastTimerCheck = now
-                for c in connections.values {
-                    c.checkTimers(now: now)
-                    touched.append(c)
-                }
+                for up in upstreams { up.checkTimers(now: now) }
+                touched.append(contentsOf: connections.values)
+            }
+            // One send per upstream carries this turn's requests from every client.
+            for up in upstreams {
+                up.flush()
+                touched.append(contentsOf: up.touched)
+                up.touched.removeAll(keepingCapacity: true)
+                up.updateInterest()
             }
             for c in touched { settle(c) }
         }
         for c in connections.values { c.close() }
+        for up in upstreams { up.close() }
         context.sessionsEnded(connections.count)
         connections.removeAll()
         adoptInbox(accepting: false)
@@ -126,7 +138,8 @@ final class TapLoop: @unchecked Sendable {
             let id = nextID
             nextID += 1
             do {
-                connections[id] = try TapConnection(id: id, client: s, context: context, poller: poller)
+                connections[id] = try TapConnection(id: id, client: s, context: context, poller: poller,
+                                                    text: upstreams[0], binary: upstreams[1])
             } catch {
                 Log.error("tap", "\(name): cannot watch a new client: \(error)")
                 s.close()
@@ -153,7 +166,6 @@ final class TapLoop: @unchecked Sendable {
 
     /// After a connection's events: send what it produced, then close it or update its interest.
     private func settle(_ c: TapConnection) {
-        c.flushUpstream()
         c.flushClient()
         if c.replies.isHolding && !holding.contains(c.id) {
             holding.insert(c.id)

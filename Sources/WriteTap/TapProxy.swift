@@ -7,8 +7,8 @@ import UnderstudyPosix
 
 /// `understudy tap`: a local memcached proxy that journals every acknowledged mutation.
 ///
-/// Clients are spread over a few event loops (`TapLoop`); each client gets its own upstream
-/// connection. The first byte picks the protocol the way memcached does: 0x80 is binary,
+/// Clients are spread over a few event loops (`TapLoop`); each loop shares one connection
+/// to memcached per dialect among its clients (`Upstream`). The first byte picks the protocol the way memcached does: 0x80 is binary,
 /// anything else text (classic and meta).
 public final class TapProxy: Sendable {
     public struct Options: Sendable {
@@ -47,7 +47,7 @@ public final class TapProxy: Sendable {
     public init(_ options: Options, emitter: TapEmitter) throws(SystemError) {
         self.options = options
         self.listener = try Listener.tcp(options.listen)
-        let context = TapContext(emitter: emitter, pool: UpstreamPool(endpoint: options.memcached),
+        let context = TapContext(emitter: emitter, memcached: options.memcached,
                                  itemSizeMax: options.maxItemSize ?? Self.probeItemSizeMax(options.memcached))
         self.context = context
         var made: [TapLoop] = []
@@ -85,7 +85,6 @@ public final class TapProxy: Sendable {
     public func stop() {
         listener.close()
         for l in loops { l.stop() }
-        context.pool.drainIdle()
         if emitter.isConnected && !emitter.drain(timeoutMs: 2000) {
             Log.warning("tap", "stopping with \(emitter.lastSeq - emitter.ackedSeq) records the keeper has not acknowledged")
         }
@@ -96,17 +95,17 @@ public final class TapProxy: Sendable {
 /// What every connection of every loop shares.
 final class TapContext: Sendable {
     let emitter: TapEmitter
-    let pool: UpstreamPool
+    let memcached: Endpoint
     let itemSizeMax: Int
+    /// How long a forwarded request may wait for memcached's next byte.
+    let ioTimeoutMs = 5000
     let sessions = Atomic<Int>(0)
 
-    init(emitter: TapEmitter, pool: UpstreamPool, itemSizeMax: Int) {
+    init(emitter: TapEmitter, memcached: Endpoint, itemSizeMax: Int) {
         self.emitter = emitter
-        self.pool = pool
+        self.memcached = memcached
         self.itemSizeMax = itemSizeMax
     }
-
-    var memcached: Endpoint { pool.endpoint }
 
     func sessionsEnded(_ n: Int) {
         sessions.subtract(n, ordering: .relaxed)

@@ -120,12 +120,15 @@ final class TextSession: ProxySession {
         if data > 0 { c.forwardClientBytes(data) }
         if cmd.quiet {
             unfenced.openOrAppend(cmd.effect)
-        } else if cmd.isNoop {
+            return
+        }
+        if cmd.isNoop {
             inFlight.append(.quietGroup(unfenced ?? [], clientFence: true))
             unfenced = nil
         } else {
             inFlight.append(.reply(cmd, hits: []))
         }
+        c.expectReply()
     }
 
     private func closeGroup(_ c: TapConnection) {
@@ -133,6 +136,7 @@ final class TextSession: ProxySession {
         unfenced = nil
         c.forward("mn\r\n")
         inFlight.append(.quietGroup(effects, clientFence: false))
+        c.expectReply()
     }
 
     /// A local answer: now if nothing is in flight, else in its turn.
@@ -142,73 +146,83 @@ final class TextSession: ProxySession {
 
     // MARK: replies
 
-    func takeReplies(_ c: TapConnection) {
+    func takeReply(_ c: TapConnection) -> ReplyProgress {
         let input = c.upstreamIn
-        while let entry = inFlight.first {
-            switch entry {
-            case .local(let bytes):
-                c.replies.add(bytes)
+        guard let entry = inFlight.first else { return .done }
+        switch entry {
+        case .local:
+            answerLocals(c)
+            return .progress
+        case .quietGroup(let effects, let clientFence):
+            guard let (length, total) = input.line() else { return .incomplete }
+            let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
+            if reply.status == .mn {
                 inFlight.removeFirst()
-                continue
-            case .quietGroup(let effects, let clientFence):
-                guard let (length, total) = input.line() else { return }
-                let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
-                if reply.status == .mn {
-                    inFlight.removeFirst()
-                    let ticket = c.journal(effects.flatMap { $0.records(hits: []) })
-                    if clientFence {
-                        c.relay(total, waitingFor: ticket, refusal: .none)
-                    } else {
-                        input.consume(total)
-                    }
-                    continue
+                let ticket = c.journal(effects.flatMap { $0.records(hits: []) })
+                if clientFence {
+                    c.relay(total, waitingFor: ticket, refusal: .none)
+                } else {
+                    input.consume(total)
                 }
-                // What quiet requests do say: errors, and mg hits.
-                let size = total + (dataLength.map { $0 + 2 } ?? 0)
-                guard input.count >= size else { return }
-                c.relay(size)
-            case .reply(let cmd, let hits):
-                if !takeReply(c, cmd, hits) { return }
+                answerLocals(c)
+                return .done
             }
+            // What quiet requests do say: errors, and mg hits.
+            let size = total + (dataLength.map { $0 + 2 } ?? 0)
+            guard input.count >= size else { return .incomplete }
+            c.relay(size)
+            return .progress
+        case .reply(let cmd, let hits):
+            return takeReply(c, cmd, hits)
         }
     }
 
-    /// Consumes one reply (or one `VALUE` of several); false if it has not fully arrived.
-    private func takeReply(_ c: TapConnection, _ cmd: ClientCommand, _ hits: [[UInt8]]) -> Bool {
+    /// Local answers queued behind the request just answered: their turn has come.
+    private func answerLocals(_ c: TapConnection) {
+        while case .local(let bytes) = inFlight.first {
+            c.replies.add(bytes)
+            inFlight.removeFirst()
+        }
+    }
+
+    /// Consumes the head request's reply, or one `VALUE` or line of it.
+    private func takeReply(_ c: TapConnection, _ cmd: ClientCommand, _ hits: [[UInt8]]) -> ReplyProgress {
         let input = c.upstreamIn
         switch cmd.reply {
         case .values:
-            guard let (length, total) = input.line() else { return false }
+            guard let (length, total) = input.line() else { return .incomplete }
             let isValue = input.withBytes(0..<length) { $0.starts(with: "VALUE ".utf8) }
             if isValue, let h = ValueHeader.parse(input.bytes(0..<length)) {
-                guard input.count >= total + h.length + 2 else { return false }
+                guard input.count >= total + h.length + 2 else { return .incomplete }
                 c.relay(total + h.length + 2)
                 if case .touchHits = cmd.effect { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [h.key]) } }
-                return true
+                return .progress
             }
             // END, or an error: the reply is complete. gat hits stand whatever the follower did.
             finish(c, total, cmd, records: cmd.effect?.records(hits: hits) ?? [], refusal: .none)
         case .meta:
-            guard let (length, total) = input.line() else { return false }
+            guard let (length, total) = input.line() else { return .incomplete }
             let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
             let size = total + (dataLength.map { $0 + 2 } ?? 0)
-            guard input.count >= size else { return false }
+            guard input.count >= size else { return .incomplete }
             let ok = Self.metaSuccess(cmd.effect, reply.status)
             finish(c, size, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
         case .untilEnd, .untilEndLF:
             let lf = cmd.reply == .untilEndLF
-            guard let (length, total) = input.line(lfOnly: lf) else { return false }
+            guard let (length, total) = input.line(lfOnly: lf) else { return .incomplete }
             var line = input.bytes(0..<length)
             if lf && line.last == 0x0D { line.removeLast() }
             let last = line == Array("END".utf8) || ProtocolError.fromErrorLine(line) != nil || line.starts(with: Array("BUSY".utf8))
             c.relay(total)
-            if last { inFlight.removeFirst() }
+            guard last else { return .progress }
+            inFlight.removeFirst()
+            answerLocals(c)
         case .line, .close:
-            guard let (length, total) = input.line() else { return false }
+            guard let (length, total) = input.line() else { return .incomplete }
             let ok = input.withBytes(0..<length) { Self.lineSuccess(cmd.effect, $0) }
             finish(c, total, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
         }
-        return true
+        return .done
     }
 
     /// Ends the head request: journals, then relays its last `size` bytes, held until the
@@ -216,6 +230,7 @@ final class TextSession: ProxySession {
     private func finish(_ c: TapConnection, _ size: Int, _ cmd: ClientCommand, records: [(RecordOp, [UInt8])], refusal: ReplyQueue.Refusal) {
         inFlight.removeFirst()
         c.relay(size, waitingFor: c.journal(records), refusal: refusal)
+        answerLocals(c)
     }
 
     static func lineSuccess<C: Collection<UInt8>>(_ effect: ClientCommand.Effect?, _ l: C) -> Bool {
