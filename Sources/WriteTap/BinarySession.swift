@@ -16,12 +16,17 @@ final class BinarySession: ProxySession {
         var record: (RecordOp, [UInt8])?
     }
 
-    private enum Entry {
+    private enum Entry: LocalAnswering {
         case local([UInt8])
         case reply(BinaryHeader, key: [UInt8])
         /// `fence`: the opaque of the NOOP that closes the group; `clientFence`: the client
         /// sent it and gets its reply.
         case quietGroup([Quiet], fence: UInt32, clientFence: Bool)
+
+        var localAnswer: [UInt8]? {
+            if case .local(let bytes) = self { return bytes }
+            return nil
+        }
     }
 
     private var inFlight = InFlight<Entry>()
@@ -59,21 +64,21 @@ final class BinarySession: ProxySession {
             guard bodyLength <= maxBody else {
                 input.consume(BinaryHeader.size)
                 discarding = bodyLength
-                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.valueTooLarge, opaque: h.opaque, message: "Too large."))
+                inFlight.answer(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.valueTooLarge, opaque: h.opaque, message: "Too large."), to: c)
                 continue
             }
             let size = BinaryHeader.size + bodyLength
             guard input.count >= size else { break }
             guard Int(h.keyLength) + Int(h.extrasLength) <= bodyLength, h.keyLength <= 250 else {
                 input.consume(size)
-                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.invalidArguments, opaque: h.opaque, message: "Invalid arguments"))
+                inFlight.answer(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.invalidArguments, opaque: h.opaque, message: "Invalid arguments"), to: c)
                 continue
             }
             if h.opcode == BinaryPacket.Opcode.quit || h.opcode == BinaryPacket.Opcode.quitQ {
                 input.consume(size)
                 closeGroup(c)
                 if h.opcode == BinaryPacket.Opcode.quit {
-                    answer(c, BinaryHeader(magic: BinaryPacket.responseMagic, opcode: h.opcode, opaque: h.opaque).encode())
+                    inFlight.answer(BinaryHeader(magic: BinaryPacket.responseMagic, opcode: h.opcode, opaque: h.opaque).encode(), to: c)
                 }
                 wantsClose = true
                 break
@@ -85,7 +90,7 @@ final class BinarySession: ProxySession {
             if !quiet && !noop { closeGroup(c) }
             if let failure = c.ensureUpstream() {
                 input.consume(size)
-                answer(c, BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque, message: failure))
+                inFlight.answer(BinaryPacket.errorResponse(opcode: h.opcode, status: BinaryPacket.Status.temporaryFailure, opaque: h.opaque, message: failure), to: c)
                 continue
             }
             c.forwardClientBytes(size)
@@ -112,9 +117,6 @@ final class BinarySession: ProxySession {
         c.expectReply()
     }
 
-    private func answer(_ c: TapConnection, _ bytes: [UInt8]) {
-        if inFlight.isEmpty { c.replies.add(bytes) } else { inFlight.append(.local(bytes)) }
-    }
 
     // MARK: replies
 
@@ -122,7 +124,7 @@ final class BinarySession: ProxySession {
         let input = c.upstreamIn
         guard let entry = inFlight.first else { return .done }
         if case .local = entry {
-            answerLocals(c)
+            inFlight.answerLocals(to: c)
             return .progress
         }
         guard input.count >= BinaryHeader.size else { return .incomplete }
@@ -141,7 +143,7 @@ final class BinarySession: ProxySession {
                 } else {
                     input.consume(size)
                 }
-                answerLocals(c)
+                inFlight.answerLocals(to: c)
                 return .done
             }
             // A reply to a quiet request: a failure means its write did not happen.
@@ -162,18 +164,11 @@ final class BinarySession: ProxySession {
             inFlight.removeFirst()
             let record = rh.status == BinaryPacket.Status.ok ? BinaryPacket.effect(h.opcode)?.record(key) : nil
             c.relay(size, waitingFor: c.journal(record.map { [$0] } ?? []), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
-            answerLocals(c)
+            inFlight.answerLocals(to: c)
             return .done
         }
     }
 
-    /// Local answers queued behind the request just answered: their turn has come.
-    private func answerLocals(_ c: TapConnection) {
-        while case .local(let bytes) = inFlight.first {
-            c.replies.add(bytes)
-            inFlight.removeFirst()
-        }
-    }
 
     // MARK: failure
 

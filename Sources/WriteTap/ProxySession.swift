@@ -69,3 +69,24 @@ extension Optional {
         if let e { self!.append(e) }
     }
 }
+
+/// An in-flight entry that may be an answer the tap gives itself.
+protocol LocalAnswering {
+    static func local(_ bytes: [UInt8]) -> Self
+    var localAnswer: [UInt8]? { get }
+}
+
+extension InFlight where Entry: LocalAnswering {
+    /// A local answer: now if nothing is in flight, else in its turn behind what is.
+    mutating func answer(_ bytes: [UInt8], to c: TapConnection) {
+        if isEmpty { c.replies.add(bytes) } else { append(.local(bytes)) }
+    }
+
+    /// Local answers queued behind the request just answered: their turn has come.
+    mutating func answerLocals(to c: TapConnection) {
+        while let bytes = first?.localAnswer {
+            c.replies.add(bytes)
+            removeFirst()
+        }
+    }
+}

@@ -10,13 +10,18 @@ import UnderstudyPosix
 /// before its next reply-bearing request or when its input runs dry. When the fence's `MN`
 /// comes back, memcached has processed the group, and its writes are journaled.
 final class TextSession: ProxySession {
-    private enum Entry {
+    private enum Entry: LocalAnswering {
         /// An answer the tap gives itself, in its turn.
         case local([UInt8])
         case reply(ClientCommand, hits: [[UInt8]])
         /// Quiet writes and the fence after them; `clientFence`: the client sent the `mn`
         /// and gets its `MN`.
         case quietGroup([ClientCommand.Effect], clientFence: Bool)
+
+        var localAnswer: [UInt8]? {
+            if case .local(let bytes) = self { return bytes }
+            return nil
+        }
     }
 
     private var inFlight = InFlight<Entry>()
@@ -53,7 +58,7 @@ final class TextSession: ProxySession {
                 guard let lf = input.firstLF() else { input.removeAll(); break }
                 input.consume(lf + 1)
                 discardingLine = false
-                answer(c, Array("ERROR\r\n".utf8))
+                inFlight.answer(Array("ERROR\r\n".utf8), to: c)
                 continue
             }
             if let (line, cmd) = awaitingData {
@@ -75,7 +80,7 @@ final class TextSession: ProxySession {
             }
             if length > Self.lineLimit {
                 input.consume(total)
-                answer(c, Array("ERROR\r\n".utf8))
+                inFlight.answer(Array("ERROR\r\n".utf8), to: c)
                 continue
             }
             let end = length > 0 && input.byte(at: length - 1) == 0x0D ? length - 1 : length
@@ -85,7 +90,7 @@ final class TextSession: ProxySession {
             if let len = cmd.dataLength {
                 if cmd.localReply != nil {
                     discarding = len + 2
-                    if !cmd.quiet { answer(c, cmd.localReply!) }
+                    if !cmd.quiet { inFlight.answer(cmd.localReply!, to: c) }
                 } else {
                     awaitingData = (line, cmd)
                 }
@@ -102,7 +107,7 @@ final class TextSession: ProxySession {
     private func handle(_ c: TapConnection, _ line: [UInt8], data: Int, _ cmd: ClientCommand) {
         if let reply = cmd.localReply {
             // memcached stays silent about refused storage under noreply; match it.
-            if !cmd.quiet { answer(c, reply) }
+            if !cmd.quiet { inFlight.answer(reply, to: c) }
             return
         }
         if cmd.reply == .close {
@@ -112,7 +117,7 @@ final class TextSession: ProxySession {
         if unfenced != nil && !cmd.quiet && !cmd.isNoop { closeGroup(c) }
         if let failure = c.ensureUpstream() {
             c.clientIn.consume(data)
-            if !cmd.quiet { answer(c, Array("SERVER_ERROR \(failure)\r\n".utf8)) }
+            if !cmd.quiet { inFlight.answer(Array("SERVER_ERROR \(failure)\r\n".utf8), to: c) }
             return
         }
         c.forward(line)
@@ -139,10 +144,6 @@ final class TextSession: ProxySession {
         c.expectReply()
     }
 
-    /// A local answer: now if nothing is in flight, else in its turn.
-    private func answer(_ c: TapConnection, _ bytes: [UInt8]) {
-        if inFlight.isEmpty { c.replies.add(bytes) } else { inFlight.append(.local(bytes)) }
-    }
 
     // MARK: replies
 
@@ -151,7 +152,7 @@ final class TextSession: ProxySession {
         guard let entry = inFlight.first else { return .done }
         switch entry {
         case .local:
-            answerLocals(c)
+            inFlight.answerLocals(to: c)
             return .progress
         case .quietGroup(let effects, let clientFence):
             guard let (length, total) = input.line() else { return .incomplete }
@@ -164,7 +165,7 @@ final class TextSession: ProxySession {
                 } else {
                     input.consume(total)
                 }
-                answerLocals(c)
+                inFlight.answerLocals(to: c)
                 return .done
             }
             // What quiet requests do say: errors, and mg hits.
@@ -177,13 +178,6 @@ final class TextSession: ProxySession {
         }
     }
 
-    /// Local answers queued behind the request just answered: their turn has come.
-    private func answerLocals(_ c: TapConnection) {
-        while case .local(let bytes) = inFlight.first {
-            c.replies.add(bytes)
-            inFlight.removeFirst()
-        }
-    }
 
     /// Consumes the head request's reply, or one `VALUE` or line of it.
     private func takeReply(_ c: TapConnection, _ cmd: ClientCommand, _ hits: [[UInt8]]) -> ReplyProgress {
@@ -216,7 +210,7 @@ final class TextSession: ProxySession {
             c.relay(total)
             guard last else { return .progress }
             inFlight.removeFirst()
-            answerLocals(c)
+            inFlight.answerLocals(to: c)
         case .line, .close:
             guard let (length, total) = input.line() else { return .incomplete }
             let ok = input.withBytes(0..<length) { Self.lineSuccess(cmd.effect, $0) }
@@ -230,7 +224,7 @@ final class TextSession: ProxySession {
     private func finish(_ c: TapConnection, _ size: Int, _ cmd: ClientCommand, records: [(RecordOp, [UInt8])], refusal: ReplyQueue.Refusal) {
         inFlight.removeFirst()
         c.relay(size, waitingFor: c.journal(records), refusal: refusal)
-        answerLocals(c)
+        inFlight.answerLocals(to: c)
     }
 
     static func lineSuccess<C: Collection<UInt8>>(_ effect: ClientCommand.Effect?, _ l: C) -> Bool {
