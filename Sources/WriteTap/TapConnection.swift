@@ -2,12 +2,10 @@ import JournalWire
 import MemcacheProtocol
 import UnderstudyPosix
 
-/// One client of the tap and its own upstream connection to memcached, driven by an event
-/// loop. Owns the sockets and buffers; the protocol session decides what the bytes mean.
-///
-/// Each client has one upstream connection for its life, which is what keeps per-client
-/// order: its requests reach memcached on one ordered pipe, and the replies come back in
-/// that order. Nothing here blocks; everything runs on the owning loop's thread.
+/// One client of the tap, driven by an event loop. Owns the client socket, its input and its
+/// replies; the protocol session decides what the bytes mean, and the loop's shared
+/// `Upstream` carries them to memcached and back in order. Nothing here blocks; everything
+/// runs on the owning loop's thread.
 final class TapConnection {
     let id: UInt64
     let client: Socket
