@@ -24,72 +24,34 @@ public enum StreamError: Error, CustomStringConvertible, Sendable, Equatable {
 ///
 /// Reads land in one growable buffer so that a pipelined batch of replies costs one `read`
 /// per socket buffer, not one per reply; writes are gathered and flushed explicitly so a
-/// pipeline goes out in as few `send`s as possible.
+/// pipeline goes out in as few `send`s as possible. The blocking face of the same buffers the
+/// tap's event loops use without blocking (`ReadBuffer`, `WriteBuffer`).
 public final class ByteStream {
     public let socket: Socket
-    private var buffer: UnsafeMutableRawBufferPointer
-    private var start = 0
-    private var end = 0
-    public var output: [UInt8] = []
+    private let input: ReadBuffer
+    private var output = WriteBuffer()
 
     public init(_ socket: Socket, capacity: Int = 64 * 1024) {
         self.socket = socket
-        self.buffer = .allocate(byteCount: capacity, alignment: 16)
-        output.reserveCapacity(capacity)
+        self.input = ReadBuffer(capacity: capacity)
     }
-
-    deinit { buffer.deallocate() }
 
     public var peer: String { socket.peer }
     /// Bytes already read from the socket but not yet consumed.
-    public var buffered: Int { end - start }
+    public var buffered: Int { input.count }
 
-    /// Reads more from the socket. Returns false at EOF.
+    /// Reads more from the socket (blocking, up to the I/O timeout). Returns false at EOF.
     @discardableResult
     public func fill() throws(StreamError) -> Bool {
-        if start == end {
-            start = 0
-            end = 0
-        } else if end == buffer.count {
-            if start > 0 {
-                buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
-                end -= start
-                start = 0
-            } else {
-                let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count * 2, alignment: 16)
-                bigger.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: end)
-                buffer.deallocate()
-                buffer = bigger
-            }
-        }
-        let n: Int
         do {
-            n = try socket.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
+            return try input.fill(from: socket, blocking: true, room: 4096) != .endOfStream
         } catch {
-            if error.isTimeout { throw .timeout(peer: peer) }
-            if error.errno == ECONNRESET || error.errno == EPIPE { throw .closed(peer: peer) }
-            throw .system(error)
+            throw streamError(error)
         }
-        end += n
-        return n > 0
     }
 
     private func fillOrThrow() throws(StreamError) {
         if try !fill() { throw .closed(peer: peer) }
-    }
-
-    /// Index where the next line ends: the "\r" of "\r\n", or with `lfOnly` the "\n".
-    private func findLineEnd(from: Int, lfOnly: Bool = false) -> Int? {
-        guard end - from >= 1, let base = buffer.baseAddress else { return nil }
-        var i = from
-        while i < end {
-            guard let p = memchr(base + i, 0x0A, end - i) else { return nil }
-            let nl = UnsafeRawPointer(base).distance(to: UnsafeRawPointer(p))
-            if lfOnly { return nl }
-            if nl > start && buffer[nl - 1] == 0x0D { return nl - 1 }
-            i = nl + 1
-        }
-        return nil
     }
 
     /// The next line without its CRLF, or a typed error. Lines past `limit` are refused so a
@@ -104,99 +66,93 @@ public final class ByteStream {
     }
 
     private func readLine(limit: Int, lfOnly: Bool) throws(StreamError) -> [UInt8] {
-        let terminator = lfOnly ? 1 : 2
-        while true {
-            if let cr = findLineEnd(from: start, lfOnly: lfOnly) {
-                let line = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<cr]))
-                start = cr + terminator
-                return line
-            }
-            if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
-            try fillOrThrow()
-        }
+        let (length, total) = try awaitLine(limit: limit, lfOnly: lfOnly)
+        let line = input.bytes(0..<length)
+        input.consume(total)
+        return line
     }
 
     /// The next line without its CRLF, as a view into the read buffer — no copy. The view is
     /// valid only until the next call that reads from this stream. For hot parsing loops.
     /// With `lfOnly`, lines end at a bare "\n" (and a trailing "\r" stays in the view).
     public func readLineView(limit: Int = 8192, lfOnly: Bool = false) throws(StreamError) -> UnsafeRawBufferPointer {
+        let (length, total) = try awaitLine(limit: limit, lfOnly: lfOnly)
+        let view = input.view(0..<length)
+        input.consume(total)
+        return view
+    }
+
+    /// Reads until a whole line is buffered; its length without and with the terminator.
+    private func awaitLine(limit: Int, lfOnly: Bool) throws(StreamError) -> (length: Int, total: Int) {
         while true {
-            if let cr = findLineEnd(from: start, lfOnly: lfOnly) {
-                let view = UnsafeRawBufferPointer(rebasing: buffer[start..<cr])
-                start = cr + (lfOnly ? 1 : 2)
-                return view
-            }
-            if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
+            if let line = input.line(lfOnly: lfOnly) { return line }
+            if input.count > limit { throw .lineTooLong(peer: peer, limit: limit) }
             try fillOrThrow()
         }
     }
 
     /// Like `readLine`, but returns nil instead of blocking when no full line is buffered.
     public func bufferedLine(limit: Int = 8192) throws(StreamError) -> [UInt8]? {
-        if let cr = findLineEnd(from: start) {
-            let line = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<cr]))
-            start = cr + 2
+        if let (length, total) = input.line() {
+            let line = input.bytes(0..<length)
+            input.consume(total)
             return line
         }
-        if end - start > limit { throw .lineTooLong(peer: peer, limit: limit) }
+        if input.count > limit { throw .lineTooLong(peer: peer, limit: limit) }
         return nil
     }
 
     /// Exactly `count` bytes.
     public func readExact(_ count: Int) throws(StreamError) -> [UInt8] {
-        while end - start < count { try fillOrThrow() }
-        let out = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + count)]))
-        start += count
+        while input.count < count { try fillOrThrow() }
+        let out = input.bytes(0..<count)
+        input.consume(count)
         return out
     }
 
     /// Exactly `count` bytes, appended to `into` (avoids an intermediate array on hot paths).
     public func readExact(_ count: Int, appendingTo into: inout [UInt8]) throws(StreamError) {
-        while end - start < count { try fillOrThrow() }
-        into.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[start..<(start + count)]))
-        start += count
+        while input.count < count { try fillOrThrow() }
+        input.withBytes(0..<count) { into.append(contentsOf: $0) }
+        input.consume(count)
     }
 
     /// Discards `count` bytes without keeping them (oversize values we refuse).
     public func skip(_ count: Int) throws(StreamError) {
         var left = count
-        while left > 0 {
-            if start == end { try fillOrThrow() }
-            let n = Swift.min(left, end - start)
-            start += n
-            left -= n
-        }
+        while !input.discard(&left) { try fillOrThrow() }
     }
 
     /// Discards input up to and including the next "\n" (resynchronises after an over-long line).
     public func skipLine() throws(StreamError) {
         while true {
-            if let nl = findLineEnd(from: start, lfOnly: true) {
-                start = nl + 1
+            if let lf = input.firstLF() {
+                input.consume(lf + 1)
                 return
             }
-            start = end
+            input.removeAll()
             try fillOrThrow()
         }
     }
 
     /// Whether a complete CRLF line is already buffered.
-    public var hasBufferedLine: Bool { findLineEnd(from: start) != nil }
+    public var hasBufferedLine: Bool { input.line() != nil }
 
     /// Peeks at the first buffered byte, reading if none is buffered. Nil at EOF.
     public func peekByte() throws(StreamError) -> UInt8? {
-        if start == end, try !fill() { return nil }
-        return buffer[start]
+        if input.isEmpty, try !fill() { return nil }
+        return input.byte(at: 0)
     }
 
-    public func write(_ bytes: [UInt8]) { output.append(contentsOf: bytes) }
-    public func write(_ bytes: ArraySlice<UInt8>) { output.append(contentsOf: bytes) }
-    public func write(_ text: String) { output.append(contentsOf: text.utf8) }
+    public func write(_ bytes: [UInt8]) { output.append(bytes) }
+    public func write(_ text: String) { output.append(text) }
 
     public func flush() throws(StreamError) {
-        guard !output.isEmpty else { return }
-        try send(output)
-        output.removeAll(keepingCapacity: true)
+        do {
+            try output.flush(to: socket)
+        } catch {
+            throw streamError(error)
+        }
     }
 
     /// Sends whatever is queued, then `bytes` straight from the caller's buffer: a large
@@ -204,27 +160,19 @@ public final class ByteStream {
     /// the output buffer first.
     public func flush(then bytes: [UInt8]) throws(StreamError) {
         try flush()
-        try send(bytes)
+        do {
+            try socket.write(bytes)
+        } catch {
+            throw streamError(error)
+        }
     }
 
     /// Sends what the socket takes without blocking and keeps the rest queued for the next
     /// `flush`. True when nothing is left. For a thread that has news but must not stall on a
     /// slow peer (see `JournalChannel.sendNow`).
     public func flushNow() throws(StreamError) -> Bool {
-        guard !output.isEmpty else { return true }
-        let sent: Int
         do {
-            sent = try output.withUnsafeBytes { raw in Result { () throws(SystemError) in try socket.writeNow(raw) } }.get()
-        } catch {
-            throw streamError(error)
-        }
-        output.removeFirst(sent)
-        return output.isEmpty
-    }
-
-    private func send(_ bytes: [UInt8]) throws(StreamError) {
-        do {
-            try socket.write(bytes)
+            return try output.flushNow(to: socket)
         } catch {
             throw streamError(error)
         }

@@ -23,10 +23,18 @@ public final class ReadBuffer {
 
     public enum Fill: Equatable { case read(Int), wouldBlock, endOfStream }
 
-    /// One non-blocking read of up to `chunk` bytes (more room is made as needed).
-    public func fill(from socket: Socket, chunk: Int = 64 * 1024) throws(SystemError) -> Fill {
-        reserve(chunk)
-        guard let n = try Sys.readNow(socket.fd, UnsafeMutableRawBufferPointer(rebasing: storage[end...]), socket.peer) else { return .wouldBlock }
+    /// One read into the free space, first made at least `room` bytes. Non-blocking by
+    /// default (event loops); `blocking` waits up to the socket's I/O timeout (`ByteStream`).
+    public func fill(from socket: Socket, blocking: Bool = false, room: Int = 64 * 1024) throws(SystemError) -> Fill {
+        reserve(room)
+        let space = UnsafeMutableRawBufferPointer(rebasing: storage[end...])
+        let n: Int
+        if blocking {
+            n = try socket.read(into: space)
+        } else {
+            guard let got = try Sys.readNow(socket.fd, space, socket.peer) else { return .wouldBlock }
+            n = got
+        }
         if n == 0 { return .endOfStream }
         end += n
         return .read(n)
@@ -80,14 +88,15 @@ public final class ReadBuffer {
         return UnsafeRawPointer(storage.baseAddress! + start).distance(to: UnsafeRawPointer(p))
     }
 
-    public func bytes(_ range: Range<Int>) -> [UInt8] {
-        Array(UnsafeRawBufferPointer(rebasing: storage[(start + range.lowerBound)..<(start + range.upperBound)]))
+    public func bytes(_ range: Range<Int>) -> [UInt8] { Array(view(range)) }
+
+    /// A view of unconsumed bytes, valid until the next call that fills or consumes.
+    public func view(_ range: Range<Int>) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: storage[(start + range.lowerBound)..<(start + range.upperBound)])
     }
 
     /// A view of unconsumed bytes, valid only inside `body`.
-    public func withBytes<R>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> R) -> R {
-        body(UnsafeRawBufferPointer(rebasing: storage[(start + range.lowerBound)..<(start + range.upperBound)]))
-    }
+    public func withBytes<R>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> R) -> R { body(view(range)) }
 
     public func consume(_ n: Int) {
         precondition(n <= count, "consumed more than buffered")

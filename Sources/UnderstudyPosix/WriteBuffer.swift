@@ -10,8 +10,18 @@ public struct WriteBuffer {
 
     public mutating func append(_ more: UnsafeRawBufferPointer) { bytes.append(contentsOf: more) }
     public mutating func append(_ more: [UInt8]) { bytes.append(contentsOf: more) }
+    public mutating func append(_ text: String) { bytes.append(contentsOf: text.utf8) }
     public mutating func append(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    /// Sends everything, blocking up to the socket's I/O timeout.
+    public mutating func flush(to socket: Socket) throws(SystemError) {
+        if isEmpty { return }
+        try bytes.withUnsafeBytes { raw in
+            Result { () throws(SystemError) in try socket.write(UnsafeRawBufferPointer(rebasing: raw[sent...])) }
+        }.get()
+        clear()
     }
 
     /// Sends what the socket takes now. True when nothing is left.
