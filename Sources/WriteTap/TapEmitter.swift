@@ -81,6 +81,15 @@ public final class TapEmitter: Sendable {
         /// Records buffered but not yet sent on this connection.
         var hasUnsent: Bool { unacked > 0 && pending.last!.seq > sentUpTo }
 
+        /// The keeper connection is gone: a sync write waiting on it now is refused
+        /// (`lastDisconnectSeq`), and nothing is known of the follower.
+        mutating func markDisconnected(_ why: String) {
+            if connected { lastDisconnectSeq = nextSeq - 1 }
+            connected = false
+            followerInSync = false
+            lastError = why
+        }
+
         mutating func trim(upTo seq: UInt64) {
             if seq > acked {
                 counters.acked += seq - acked
@@ -299,11 +308,8 @@ public final class TapEmitter: Sendable {
             } catch {
                 let text = error.description
                 state.update { s in
-                    if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
-                    s.connected = false
-                    s.followerInSync = false
+                    s.markDisconnected(text)
                     s.channel = nil
-                    s.lastError = text
                 }
                 notifySyncWatchers()
                 if text != lastLogged {
@@ -441,14 +447,7 @@ public final class TapEmitter: Sendable {
                 if progressed { notifySyncWatchers() }
             } catch {
                 let text = "\(error)"
-                state.update { s in
-                    if s.channel === ch {
-                        if s.connected { s.lastDisconnectSeq = s.nextSeq - 1 }
-                        s.connected = false
-                        s.followerInSync = false
-                        s.lastError = text
-                    }
-                }
+                state.update { s in if s.channel === ch { s.markDisconnected(text) } }
                 notifySyncWatchers()
                 ch.stream.socket.shutdown()
                 return
