@@ -34,7 +34,7 @@ struct ReplyQueue {
     var out = WriteBuffer()
     private var held: [Held] = []
     private var head = 0
-    private(set) var heldBytes = 0
+    private var heldBytes = 0
 
     var isHolding: Bool { head < held.count }
     /// Bytes not yet taken by the client, held or not: what backpressure looks at.

@@ -35,8 +35,7 @@ final class TapLoop: @unchecked Sendable {
         self.context = context
         let poller = try Poller()
         self.poller = poller
-        upstreams = [Upstream(.text, token: 1, context: context, poller: poller),
-                     Upstream(.binary, token: 3, context: context, poller: poller)]
+        upstreams = [Upstream(token: 1, context: context, poller: poller), Upstream(token: 3, context: context, poller: poller)]
     }
 
     func start() {

@@ -8,8 +8,8 @@ import UnderstudyPosix
 /// `understudy tap`: a local memcached proxy that journals every acknowledged mutation.
 ///
 /// Clients are spread over a few event loops (`TapLoop`); each loop shares one connection
-/// to memcached per dialect among its clients (`Upstream`). The first byte picks the protocol the way memcached does: 0x80 is binary,
-/// anything else text (classic and meta).
+/// to memcached per dialect among its clients (`Upstream`). The first byte picks the
+/// protocol the way memcached does: 0x80 is binary, anything else text (classic and meta).
 public final class TapProxy: Sendable {
     public struct Options: Sendable {
         public var listen: Endpoint

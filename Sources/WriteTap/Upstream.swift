@@ -13,9 +13,6 @@ import UnderstudyPosix
 /// memcached fixes a connection's protocol from its first byte, so text and binary clients
 /// get separate upstreams. Nothing here blocks; it runs on the loop's thread.
 final class Upstream {
-    enum Dialect: Sendable { case text, binary }
-
-    let dialect: Dialect
     let context: TapContext
     let poller: Poller
     let token: UInt64
@@ -34,8 +31,7 @@ final class Upstream {
 
     static let connectTimeoutNanos: UInt64 = 1_000_000_000
 
-    init(_ dialect: Dialect, token: UInt64, context: TapContext, poller: Poller) {
-        self.dialect = dialect
+    init(token: UInt64, context: TapContext, poller: Poller) {
         self.token = token
         self.context = context
         self.poller = poller
