@@ -119,14 +119,7 @@ struct TapEventLoopTests {
     }
 
     func readBytes(_ s: Socket, _ count: Int) throws -> [UInt8] {
-        var got: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while got.count < count {
-            let n = try buf.withUnsafeMutableBytes { try s.read(into: $0) }
-            if n == 0 { break }
-            got += buf[0..<n]
-        }
-        return got
+        try readFrom(s) { $0.count >= count }
     }
 
     func readUntil(_ s: Socket, _ count: Int) throws -> String {

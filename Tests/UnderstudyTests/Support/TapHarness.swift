@@ -96,12 +96,18 @@ func converse(_ endpoint: Endpoint, _ request: [UInt8], until terminator: String
     defer { s.close() }
     try s.setIOTimeout(milliseconds: timeoutMs)
     try s.write(request)
+    let got = try readFrom(s) { String(decoding: $0, as: UTF8.self).hasSuffix(terminator) }
+    return String(decoding: got, as: UTF8.self)
+}
+
+/// Reads from `s` until `done` holds for what arrived, or the peer closes.
+func readFrom(_ s: Socket, until done: ([UInt8]) -> Bool) throws -> [UInt8] {
     var got: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 65536)
-    while !String(decoding: got, as: UTF8.self).hasSuffix(terminator) {
+    while !done(got) {
         let n = try buf.withUnsafeMutableBytes { try s.read(into: $0) }
         if n == 0 { break }
         got += buf[0..<n]
     }
-    return String(decoding: got, as: UTF8.self)
+    return got
 }
