@@ -1,6 +1,7 @@
 import Foundation
 import MemcacheClient
 import MemcacheProtocol
+import UnderstudyCore
 import UnderstudyPosix
 
 /// An active and passive memcached with release-built `understudy serve` processes, and
@@ -50,9 +51,10 @@ final class BenchPair {
         usleep(200_000)  // its journal connection
     }
 
-    /// `understudy status --json` of node "a" or "b", as a dictionary.
+    /// The status of node "a" or "b", as a dictionary. Asked over the control socket in
+    /// process: spawning `understudy status` every poll cost the machine CPU the run needed.
     func status(_ node: String) -> [String: Any] {
-        guard let text = try? Env.run(Env.understudy, ["status", "--json", "--control", dir + "/\(node).sock"]),
+        guard let text = try? ControlClient.request("status", path: dir + "/\(node).sock", timeoutMs: 5000),
               let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return [:] }
         return obj
     }

@@ -17,12 +17,7 @@ enum ControlCommand {
         let path = o.values["control"] ?? Config().control
         let reply: String
         do {
-            let s = try Socket.connect(unixPath: path)
-            try s.setIOTimeout(milliseconds: 30_000)
-            let stream = ByteStream(s, capacity: 65536)
-            stream.write(cmd + "\n")
-            try stream.flush()
-            reply = String(decoding: try stream.readLineLF(limit: 1 << 20), as: UTF8.self)
+            reply = try ControlClient.request(cmd, path: path)
         } catch {
             printError("understudy \(cmd): cannot reach the daemon at \(path): \(error)")
             return 1
