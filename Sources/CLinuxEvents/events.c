@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <time.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 
 int ule_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
@@ -33,3 +34,7 @@ int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int64_
 }
 
 int ule_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int ule_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}

@@ -1,3 +1,4 @@
+import CLinuxEvents
 import Foundation
 
 /// Starts a named OS thread for blocking work.
@@ -7,7 +8,12 @@ import Foundation
 public enum Threads {
     @discardableResult
     public static func start(_ name: String, _ body: @escaping @Sendable () -> Void) -> Thread {
-        let t = Thread(block: body)
+        // The kernel's name for the thread (at most 15 bytes), so `top -H`, `ps -L` and `perf`
+        // tell the tap's loops from its sender; Foundation's `Thread.name` does not set it.
+        let t = Thread {
+            _ = ule_set_thread_name(name)
+            body()
+        }
         t.name = name
         t.stackSize = 1 << 20
         t.start()

@@ -1,7 +1,7 @@
 #ifndef CLINUXEVENTS_H
 #define CLINUXEVENTS_H
 
-// epoll and eventfd, which Swift's Glibc module does not export. The wrappers take and return
+// epoll, eventfd and prctl, which Swift's Glibc module does not export or cannot call. The wrappers take and return
 // plain integers because `struct epoll_event` is packed on x86-64, a layout Swift code should
 // not have to reason about.
 
@@ -12,6 +12,9 @@ int ule_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 /// timeout_ns < 0 waits until an event.
 int ule_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int64_t timeout_ns);
 int ule_eventfd(void);
+/// Names the calling thread for the kernel (prctl PR_SET_NAME, truncated to 15 bytes):
+/// prctl is variadic, so Swift cannot call it.
+int ule_set_thread_name(const char *name);
 
 enum {
     ULE_EPOLLIN = 0x001,
