@@ -60,10 +60,10 @@ public struct ClientCommand: Sendable, Equatable {
     /// Classifies one request line (without CRLF). `maxItemSize` is the server's limit, used to
     /// refuse oversized values before streaming them upstream.
     public static func parse(_ line: [UInt8], maxItemSize: Int) -> ClientCommand {
-        let t = Bytes.tokens(line)
-        guard let first = t.first else { return local("ERROR") }
-        let name = String(decoding: first, as: UTF8.self)
-        let args = Array(t.dropFirst())
+        var args = Bytes.tokens(line)
+        guard !args.isEmpty else { return local("ERROR") }
+        // In place: a copy of the rest would be an allocation on every request.
+        let name = String(decoding: args.removeFirst(), as: UTF8.self)
         switch name {
         case "set", "add", "replace", "append", "prepend", "cas":
             return storage(name, args, maxItemSize: maxItemSize)

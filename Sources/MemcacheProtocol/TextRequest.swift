@@ -50,15 +50,40 @@ public struct ValueHeader: Equatable, Sendable {
     public var cas: UInt64?
 
     public static func parse(_ line: [UInt8]) -> ValueHeader? {
-        let t = Bytes.tokens(line)
-        guard t.count == 4 || t.count == 5, Array(t[0]) == Array("VALUE".utf8),
-              let flags = Bytes.parseUInt(t[2]), flags <= UInt64(UInt32.max),
-              let len = Bytes.parseUInt(t[3]), len <= UInt64(Int32.max) else { return nil }
+        line.withUnsafeBytes { parse($0) }
+    }
+
+    /// Scans the line in place: the tap reads one of these per get hit, and splitting it into
+    /// arrays of tokens first was five allocations a hit.
+    public static func parse(_ line: UnsafeRawBufferPointer) -> ValueHeader? {
+        var t = TokenScanner(line)
+        guard let v = t.next(), v.elementsEqual("VALUE".utf8), let key = t.next(), let f = t.next(), let l = t.next(),
+              let flags = Bytes.parseUInt(f), flags <= UInt64(UInt32.max),
+              let len = Bytes.parseUInt(l), len <= UInt64(Int32.max) else { return nil }
         var cas: UInt64?
-        if t.count == 5 {
-            guard let c = Bytes.parseUInt(t[4]) else { return nil }
-            cas = c
+        if let c = t.next() {
+            guard let v = Bytes.parseUInt(c) else { return nil }
+            cas = v
         }
-        return ValueHeader(key: Array(t[1]), flags: UInt32(flags), length: Int(len), cas: cas)
+        guard t.next() == nil else { return nil }
+        return ValueHeader(key: Array(key), flags: UInt32(flags), length: Int(len), cas: cas)
+    }
+}
+
+/// The space-separated tokens of a line, found in place: `Bytes.tokens` without its arrays,
+/// for per-reply hot paths.
+public struct TokenScanner: IteratorProtocol {
+    let bytes: UnsafeRawBufferPointer
+    var i = 0
+
+    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    public mutating func next() -> UnsafeRawBufferPointer? {
+        let n = bytes.count
+        while i < n && bytes[i] == 0x20 { i += 1 }
+        guard i < n else { return nil }
+        let start = i
+        while i < n && bytes[i] != 0x20 { i += 1 }
+        return UnsafeRawBufferPointer(rebasing: bytes[start..<i])
     }
 }

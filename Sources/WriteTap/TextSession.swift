@@ -185,8 +185,7 @@ final class TextSession: ProxySession {
         switch cmd.reply {
         case .values:
             guard let (length, total) = input.line() else { return .incomplete }
-            let isValue = input.withBytes(0..<length) { $0.starts(with: "VALUE ".utf8) }
-            if isValue, let h = ValueHeader.parse(input.bytes(0..<length)) {
+            if let h = input.withBytes(0..<length, { ValueHeader.parse($0) }) {
                 guard input.count >= total + h.length + 2 else { return .incomplete }
                 c.relay(total + h.length + 2)
                 if case .touchHits = cmd.effect { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [h.key]) } }

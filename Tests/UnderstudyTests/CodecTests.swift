@@ -62,6 +62,18 @@ struct CodecTests {
         if case .error(.malformed) = MetaReply.parseHeader(Array("  ".utf8)).0.status {} else { Issue.record("blank line must be malformed") }
     }
 
+
+    @Test func valueHeaders() {
+        func parse(_ s: String) -> ValueHeader? { ValueHeader.parse(Array(s.utf8)) }
+        let a = parse("VALUE k 7 5")
+        #expect(a?.key == Array("k".utf8) && a?.flags == 7 && a?.length == 5 && a?.cas == nil)
+        let b = parse("VALUE  k  4294967295 0  99")
+        #expect(b?.key == Array("k".utf8) && b?.flags == UInt32.max && b?.length == 0 && b?.cas == 99)
+        for bad in ["", "VALUE", "VALUE k 1", "VALUE k 1 2 3 4", "VALUES k 1 2", "VALUE k x 2", "VALUE k 4294967296 2",
+                    "VALUE k 1 -2", "VALUE k 1 2147483648", "VALUE k 1 2 x", "END"] {
+            #expect(parse(bad) == nil, "\(bad)")
+        }
+    }
     @Test func metaRequestEncoding() throws {
         var out: [UInt8] = []
         try MetaRequest.set(Array("k".utf8), Array("abc".utf8), ["F5", "T60", "q"]).encode(into: &out)
