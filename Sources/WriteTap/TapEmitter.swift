@@ -2,9 +2,10 @@ import JournalWire
 import Synchronization
 import UnderstudyPosix
 
-/// The tap's journal sender: records go into a bounded buffer and a background thread ships
-/// them to the keeper, so the application's write path never blocks on the journal (async
-/// mode). Records stay buffered until the keeper acknowledges them and are re-sent after a
+/// The tap's journal sender: records go into a bounded buffer and are shipped to the keeper
+/// without ever blocking the application's write path (async mode) — by a background thread
+/// for the library (`emit`), by the proxy's event loops themselves between turns
+/// (`emitQueued`, `shipQueued`), with the thread as their fallback. Records stay buffered until the keeper acknowledges them and are re-sent after a
 /// reconnect. When the buffer overflows the tap reports a gap — counted, logged and sent to
 /// the keeper, which makes the follower resync — instead of dropping anything silently.
 public final class TapEmitter: Sendable {
@@ -75,6 +76,12 @@ public final class TapEmitter: Sendable {
         /// The sender is (about to be) asleep waiting for records: only then does `emit`
         /// need to wake it.
         var senderIdle = false
+        /// Records wait for the sender thread: the blocking `emit` path, a resend after a
+        /// reconnect, or a loop that could not ship (`shipQueued`). Records an event loop
+        /// queued are its own to ship, and do not keep the sender busy.
+        var senderWanted = false
+        /// When records last went to the keeper (monotonic ns), by any thread.
+        var lastShip: UInt64 = 0
         var lastError = ""
 
         var unacked: Int { pending.count - head }
@@ -130,6 +137,7 @@ public final class TapEmitter: Sendable {
         let sendsItself = options.mode != .async
         let (seq, channel) = state.update(signalling: { s -> ((UInt64, JournalChannel?), wake: Bool) in
             let seq = emitLocked(&s, op, key)
+            if !sendsItself { s.senderWanted = true }
             return ((seq, sendsItself ? s.channel : nil), !sendsItself && s.senderIdle)
         })
         // A sync writer is about to wait for this record anyway: it sends it itself rather
@@ -139,8 +147,40 @@ public final class TapEmitter: Sendable {
         return seq
     }
 
+    /// Queues a record and wakes nobody: for an event loop, which calls `shipQueued` after
+    /// each turn, once it has answered its clients.
+    @discardableResult
+    public func emitQueued(_ op: RecordOp, key: [UInt8]) -> UInt64 {
+        state.withLock { emitLocked(&$0, op, key) }
+    }
+
+    /// Sends what `emitQueued` left, from the calling thread, when it is due; returns when to
+    /// call again (monotonic ns), nil when nothing waits.
+    ///
+    /// Async records are due at once when the tap was quiet (nothing shipped for
+    /// `coalesceWhenBusierThanNanos`), else `coalesceMicros` after the last shipment, so a
+    /// busy tap sends a batch rather than a record per request: each send wakes the keeper.
+    /// This is the sender thread's policy, applied by the loop itself: a wake-up of the
+    /// sender per batch was a context switch and two futex calls on a saturated machine.
+    /// Sync records are due at once; their writers wait. If the channel is busy or full, the
+    /// sender thread takes over.
+    public func shipQueued(now: UInt64, force: Bool = false) -> UInt64? {
+        let (channel, due) = state.withLock { s -> (JournalChannel?, UInt64?) in
+            guard let ch = s.channel, s.hasUnsent || (s.gap != nil && !s.gapSent) else { return (nil, nil) }
+            let next = s.lastShip + Self.coalesceMicros * 1000
+            // Another thread may have shipped after `now` was read.
+            let since = now > s.lastShip ? now - s.lastShip : 0
+            if force || options.mode != .async || since >= Self.coalesceWhenBusierThanNanos || now >= next {
+                return (ch, nil)
+            }
+            return (nil, next)
+        }
+        if let channel { ship(channel) }
+        return due
+    }
+
     private func ship(_ channel: JournalChannel) {
-        if !channel.sendNow({ state.withLock { takeBatch(&$0) } }) { state.update { _ in } }
+        if !channel.sendNow({ state.withLock { takeBatch(&$0) } }) { state.update { $0.senderWanted = true } }
     }
 
     private func emitLocked(_ s: inout State, _ op: RecordOp, _ key: [UInt8]) -> UInt64 {
@@ -277,6 +317,7 @@ public final class TapEmitter: Sendable {
     /// Waits until the keeper has acknowledged everything emitted so far (or the timeout).
     public func drain(timeoutMs: Int) -> Bool {
         let target = lastSeq
+        state.update { $0.senderWanted = true }  // the sender ships what is still queued
         let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
         // Acks do not wake waiters (they matter to nobody on the hot path); poll instead.
         while Clock.monoNanos() < deadline {
@@ -342,6 +383,7 @@ public final class TapEmitter: Sendable {
                 s.gapSent = false
                 s.connected = true
                 s.channel = ch
+                s.senderWanted = true
                 s.counters.reconnects += 1
             }
             notifySyncWatchers()
@@ -361,7 +403,7 @@ public final class TapEmitter: Sendable {
                 return ((), false)
             })
             let live = state.wait(until: { s in
-                s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || s.hasUnsent || ch.hasLeftover
+                s.stopping || !s.connected || (s.gap != nil && !s.gapSent) || (s.senderWanted && s.hasUnsent) || ch.hasLeftover
             }, timeoutMs: 1000) { s, _ -> Bool in
                 s.senderIdle = false
                 return !s.stopping && s.connected
@@ -370,9 +412,13 @@ public final class TapEmitter: Sendable {
             var sentRecords = false
             do {
                 try ch.send {
-                    let batch = state.withLock { takeBatch(&$0) }
-                    sentRecords = !batch.isEmpty
-                    return batch
+                    state.withLock { s in
+                        let batch = takeBatch(&s)
+                        sentRecords = !batch.isEmpty
+                        // A full batch means more is waiting; otherwise it all went.
+                        if case .records(let r) = batch.last, r.count >= Self.maxBatch {} else { s.senderWanted = false }
+                        return batch
+                    }
                 }
             } catch {
                 throw .channel(.stream(error))
@@ -384,7 +430,7 @@ public final class TapEmitter: Sendable {
             // waiting, so their records go out without delay.
             let now = Clock.monoNanos()
             if options.mode == .async && sentRecords && now - lastSend < Self.coalesceWhenBusierThanNanos {
-                Clock.sleep(microseconds: Self.coalesceMicros)
+                Clock.sleep(microseconds: Int(Self.coalesceMicros))
             }
             lastSend = now
         }
@@ -402,19 +448,21 @@ public final class TapEmitter: Sendable {
         var recs: [TapRecord] = []
         var i = s.head
         while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
-        while i < s.pending.count && recs.count < 8192 {
+        while i < s.pending.count && recs.count < Self.maxBatch {
             recs.append(s.pending[i])
             i += 1
         }
         if let last = recs.last {
             s.sentUpTo = last.seq
+            s.lastShip = Clock.monoNanos()
             out.append(.records(recs))
         }
         return out
     }
 
+    static let maxBatch = 8192
     static let coalesceWhenBusierThanNanos: UInt64 = 100_000
-    static let coalesceMicros = 200
+    static let coalesceMicros: UInt64 = 200
 
     func readAcks(_ ch: JournalChannel) {
         while true {

@@ -26,6 +26,8 @@ final class TapLoop: @unchecked Sendable {
     private var nextHeldCheck = UInt64.max
     private var nextID: UInt64 = 1
     private var lastTimerCheck: UInt64 = 0
+    /// When journal records queued by this loop are due to ship (see `TapEmitter.shipQueued`).
+    private var shipDue = UInt64.max
 
     static let timerPeriodNanos: UInt64 = 100_000_000
     static let drainNanos: UInt64 = 2_000_000_000
@@ -110,7 +112,10 @@ final class TapLoop: @unchecked Sendable {
                 up.updateInterest()
             }
             for c in touched { settle(c) }
+            // The turn's journal records, after its replies: they cost the clients nothing.
+            shipDue = context.emitter.shipQueued(now: Clock.monoNanos()) ?? .max
         }
+        _ = context.emitter.shipQueued(now: Clock.monoNanos(), force: true)
         for c in connections.values { c.close() }
         for up in upstreams { up.close() }
         context.sessionsEnded(connections.count)
@@ -121,8 +126,8 @@ final class TapLoop: @unchecked Sendable {
 
     /// Until the next timer or ticket deadline; nil: until an event.
     private func timeout(now: UInt64) -> UInt64? {
-        if connections.isEmpty { return nil }
-        var until = lastTimerCheck + Self.timerPeriodNanos
+        if connections.isEmpty && shipDue == .max { return nil }
+        var until = min(lastTimerCheck + Self.timerPeriodNanos, shipDue)
         if !holding.isEmpty { until = min(until, nextHeldCheck) }
         return until - min(until, now)
     }
