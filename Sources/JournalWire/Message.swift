@@ -59,7 +59,11 @@ public enum Message: Equatable, Sendable {
 
     /// The complete frame, length prefix included.
     public func frame() -> [UInt8] {
+        // One buffer, sized up front, the length patched in at the end: building the body
+        // and then copying it behind its length was most of the tap's allocations per write.
         var w = WireWriter()
+        w.bytes.reserveCapacity(sizeHint)
+        w.u32(0)
         w.u8(type)
         switch self {
         case .hello(let v, let nonce, let epoch): w.raw(Array("USJ".utf8)); w.u8(v); w.raw(nonce); w.u64(epoch)
@@ -84,10 +88,18 @@ public enum Message: Equatable, Sendable {
         case .followerAlive: break
         case .peerInfo(let active, let epoch, let run): w.u8(active ? 1 : 0); w.u64(epoch); w.u64(run)
         }
-        var out = WireWriter()
-        out.u32(UInt32(w.bytes.count))
-        out.raw(w.bytes)
-        return out.bytes
+        let len = UInt32(w.bytes.count - 4)
+        for i in 0..<4 { w.bytes[i] = UInt8(truncatingIfNeeded: len >> UInt32(24 - 8 * i)) }
+        return w.bytes
+    }
+
+    /// Room for the frame: exact for record batches with keys up to 64 bytes, ample otherwise.
+    private var sizeHint: Int {
+        switch self {
+        case .records(let r): return 9 + r.count * (11 + 64)
+        case .stream(let r): return 9 + r.count * (19 + 64)
+        default: return 64
+        }
     }
 
     /// Decodes one frame body (type byte and payload, without the length prefix).

@@ -3,7 +3,10 @@ struct WireWriter {
     var bytes: [UInt8] = []
 
     mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xff)] }
+    mutating func u16(_ v: UInt16) {
+        bytes.append(UInt8(v >> 8))
+        bytes.append(UInt8(v & 0xff))
+    }
     mutating func u32(_ v: UInt32) { for s in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt32(s))) } }
     mutating func u64(_ v: UInt64) { for s in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(s))) } }
     mutating func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
@@ -11,7 +14,7 @@ struct WireWriter {
     /// Length-prefixed (u16) bytes: keys and short strings.
     mutating func short(_ b: [UInt8]) {
         u16(UInt16(min(b.count, Int(UInt16.max))))
-        bytes += b.prefix(Int(UInt16.max))
+        if b.count <= Int(UInt16.max) { bytes += b } else { bytes += b.prefix(Int(UInt16.max)) }
     }
 }
 

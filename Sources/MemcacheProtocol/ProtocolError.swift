@@ -81,8 +81,21 @@ public enum Bytes {
     }
 
     /// Splits on single spaces, dropping empty tokens (memcached tolerates repeated spaces).
+    /// The space-separated tokens of a line. Not `split`: its result array grows from empty,
+    /// three or four reallocations for a storage command's five tokens, on every request.
     public static func tokens(_ line: [UInt8]) -> [ArraySlice<UInt8>] {
-        line.split(separator: 0x20, omittingEmptySubsequences: true)
+        var out: [ArraySlice<UInt8>] = []
+        out.reserveCapacity(8)
+        var i = line.startIndex
+        let end = line.endIndex
+        while i < end {
+            while i < end && line[i] == 0x20 { i += 1 }
+            guard i < end else { break }
+            let start = i
+            while i < end && line[i] != 0x20 { i += 1 }
+            out.append(line[start..<i])
+        }
+        return out
     }
 
     public static func ascii(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -56,6 +56,16 @@ public struct ValueHeader: Equatable, Sendable {
     /// Scans the line in place: the tap reads one of these per get hit, and splitting it into
     /// arrays of tokens first was five allocations a hit.
     public static func parse(_ line: UnsafeRawBufferPointer) -> ValueHeader? {
+        scan(line).map { ValueHeader(key: Array($0.key), flags: $0.flags, length: $0.length, cas: $0.cas) }
+    }
+
+    /// The data length of a valid VALUE line, without copying its key: all a proxy relaying
+    /// the hit needs.
+    public static func dataLength(_ line: UnsafeRawBufferPointer) -> Int? {
+        scan(line)?.length
+    }
+
+    static func scan(_ line: UnsafeRawBufferPointer) -> (key: UnsafeRawBufferPointer, flags: UInt32, length: Int, cas: UInt64?)? {
         var t = TokenScanner(line)
         guard let v = t.next(), v.elementsEqual("VALUE".utf8), let key = t.next(), let f = t.next(), let l = t.next(),
               let flags = Bytes.parseUInt(f), flags <= UInt64(UInt32.max),
@@ -66,7 +76,7 @@ public struct ValueHeader: Equatable, Sendable {
             cas = v
         }
         guard t.next() == nil else { return nil }
-        return ValueHeader(key: Array(key), flags: UInt32(flags), length: Int(len), cas: cas)
+        return (key, UInt32(flags), Int(len), cas)
     }
 }
 

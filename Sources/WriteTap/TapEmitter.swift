@@ -448,6 +448,7 @@ public final class TapEmitter: Sendable {
         var recs: [TapRecord] = []
         var i = s.head
         while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
+        recs.reserveCapacity(min(s.pending.count - i, Self.maxBatch))
         while i < s.pending.count && recs.count < Self.maxBatch {
             recs.append(s.pending[i])
             i += 1

@@ -185,10 +185,16 @@ final class TextSession: ProxySession {
         switch cmd.reply {
         case .values:
             guard let (length, total) = input.line() else { return .incomplete }
-            if let h = input.withBytes(0..<length, { ValueHeader.parse($0) }) {
-                guard input.count >= total + h.length + 2 else { return .incomplete }
-                c.relay(total + h.length + 2)
-                if case .touchHits = cmd.effect { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [h.key]) } }
+            // Only gat and gats journal the keys they hit; a plain get needs just the length.
+            let touches = cmd.effect == .touchHits
+            let hit = input.withBytes(0..<length) { line -> (length: Int, key: [UInt8]?)? in
+                if touches { return ValueHeader.parse(line).map { ($0.length, $0.key) } }
+                return ValueHeader.dataLength(line).map { ($0, nil) }
+            }
+            if let hit {
+                guard input.count >= total + hit.length + 2 else { return .incomplete }
+                c.relay(total + hit.length + 2)
+                if let key = hit.key { inFlight.updateFirst { $0 = .reply(cmd, hits: hits + [key]) } }
                 return .progress
             }
             // END, or an error: the reply is complete. gat hits stand whatever the follower did.
