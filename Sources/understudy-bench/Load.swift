@@ -124,7 +124,7 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
 }
 
 /// Round-trip throughput and latency: `threads` connections doing gets or sets for `seconds`.
-func roundTrips(_ make: @escaping @Sendable () throws -> any KV, threads: Int, seconds: Double, sets: Bool) throws -> (ops: Double, p50: Double, p99: Double) {
+func roundTrips(_ make: @escaping @Sendable () throws -> any KV, threads: Int, seconds: Double, sets: Bool) throws -> (ops: Double, p50: Double, p99: Double, seconds: Double) {
     let results = Monitor<(lat: [Double], ops: Int)>(([], 0))
     let value = [UInt8](repeating: 0x62, count: 100)
     if let w = try? make() { for i in 0..<1000 { try w.set("rt-\(i)", value) } }
@@ -154,5 +154,5 @@ func roundTrips(_ make: @escaping @Sendable () throws -> any KV, threads: Int, s
     group.wait()
     let elapsed = Double(Clock.monoNanos() - start) / 1e9
     let r = results.withLock { $0 }
-    return (Double(r.ops) / elapsed, percentile(r.lat, 0.5), percentile(r.lat, 0.99))
+    return (Double(r.ops) / elapsed, percentile(r.lat, 0.5), percentile(r.lat, 0.99), elapsed)
 }

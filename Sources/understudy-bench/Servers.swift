@@ -29,6 +29,16 @@ final class Spawned {
         return 0
     }
 
+    /// CPU time used so far (user + system, all threads), in microseconds, from /proc.
+    var cpuMicros: Double {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return 0 }
+        // Fields after the command name; utime and stime are fields 14 and 15 of the line.
+        let f = s[s.index(after: close)...].split(separator: " ")
+        guard f.count > 12, let u = Double(f[11]), let k = Double(f[12]) else { return 0 }
+        return (u + k) * 1e6 / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     deinit { stop() }
 }
 

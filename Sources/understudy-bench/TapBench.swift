@@ -12,24 +12,31 @@ enum TapBench {
         let twem = try Twemproxy(pair.srcEP)
         defer { twem?.stop() }
         let targets: [(String, Endpoint)] = [("direct", pair.srcEP), ("tap", pair.tapEP!)] + (twem.map { [("twemproxy", $0.endpoint)] } ?? [])
+        // What each proxy's own processes spend per request: the tap pays for its keeper too.
+        let proxyProcesses: [String: [Spawned]] = ["tap": [pair.tap!, pair.keeper!], "twemproxy": twem.map { [$0.process] } ?? []]
         // 4 connections, and 32 as a PHP-FPM pool would open: many clients is what an event
         // loop is for.
         for conns in [4, 32] {
             for sets in [false, true] {
-                try measure(conns: conns, sets: sets, targets: targets, runs: runs, seconds: seconds, table: table)
+                try measure(conns: conns, sets: sets, targets: targets, processes: proxyProcesses, runs: runs, seconds: seconds, table: table)
             }
         }
     }
 
-    static func measure(conns: Int, sets: Bool, targets: [(String, Endpoint)], runs: Int, seconds: Double, table: Table) throws {
+    static func measure(conns: Int, sets: Bool, targets: [(String, Endpoint)], processes: [String: [Spawned]],
+                        runs: Int, seconds: Double, table: Table) throws {
         let op = sets ? "set" : "get"
-        var ops: [String: Figure] = [:], p50: [String: Figure] = [:], p99: [String: Figure] = [:]
+        var ops: [String: Figure] = [:], p50: [String: Figure] = [:], p99: [String: Figure] = [:], cpu: [String: Figure] = [:]
         for r in 1...runs {
             for (name, ep) in targets {
+                let procs = processes[name] ?? []
+                let cpuBefore = procs.reduce(0) { $0 + $1.cpuMicros }
                 let res = try roundTrips({ try MemcacheKV(ep) }, threads: conns, seconds: seconds, sets: sets)
+                let cpuUsed = procs.reduce(0) { $0 + $1.cpuMicros } - cpuBefore
                 ops[name, default: Figure()].values.append(res.ops)
                 p50[name, default: Figure()].values.append(res.p50)
                 p99[name, default: Figure()].values.append(res.p99)
+                if !procs.isEmpty { cpu[name, default: Figure()].values.append(cpuUsed / max(1, res.ops * res.seconds)) }
                 log("\(op) \(conns) conns via \(name) run \(r): \(fmt(res.ops)) ops/s p50 \(fmt(res.p50)) µs p99 \(fmt(res.p99)) µs")
             }
         }
@@ -42,6 +49,11 @@ enum TapBench {
             table.add(label, "p50 µs", p50[name]!, baseline: name == "direct" ? "" : "+\(fmt(added)) µs vs direct",
                       goal: name == "tap" ? "≤ +25 µs" : "")
             table.add(label, "p99 µs", p99[name]!)
+            if let c = cpu[name] {
+                let tw = cpu["twemproxy"]?.median
+                table.add(label, "proxy CPU µs/request", c, baseline: name == "tap" ? "twemproxy" : "",
+                          ratio: name == "tap" ? tw.map { c.median / $0 } : nil)
+            }
         }
     }
 }
