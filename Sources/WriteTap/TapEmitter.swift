@@ -115,6 +115,10 @@ public final class TapEmitter: Sendable {
     /// Identifies this tap to the keeper across reconnects, so the keeper can say what it has.
     public let tapID: [UInt8]
     let state: Monitor<State>
+    /// Records an event loop queued may be unsent. Set and cleared under the state lock, read
+    /// without it: a loop turn that journaled nothing (every get) skips the lock. A stale
+    /// false only means another loop queued records, and that loop ships them itself.
+    private let loopRecordsUnsent = Atomic<Bool>(false)
     private let syncWatchers = Mutex<[@Sendable () -> Void]>([])
 
     public init(_ options: Options) {
@@ -151,7 +155,10 @@ public final class TapEmitter: Sendable {
     /// each turn, once it has answered its clients.
     @discardableResult
     public func emitQueued(_ op: RecordOp, key: [UInt8]) -> UInt64 {
-        state.withLock { emitLocked(&$0, op, key) }
+        state.withLock { s in
+            loopRecordsUnsent.store(true, ordering: .relaxed)
+            return emitLocked(&s, op, key)
+        }
     }
 
     /// Sends what `emitQueued` left, from the calling thread, when it is due; returns when to
@@ -165,8 +172,14 @@ public final class TapEmitter: Sendable {
     /// Sync records are due at once; their writers wait. If the channel is busy or full, the
     /// sender thread takes over.
     public func shipQueued(now: UInt64, force: Bool = false) -> UInt64? {
+        guard force || loopRecordsUnsent.load(ordering: .relaxed) else { return nil }
         let (channel, due) = state.withLock { s -> (JournalChannel?, UInt64?) in
-            guard let ch = s.channel, s.hasUnsent || (s.gap != nil && !s.gapSent) else { return (nil, nil) }
+            guard s.hasUnsent || (s.gap != nil && !s.gapSent) else {
+                loopRecordsUnsent.store(false, ordering: .relaxed)
+                return (nil, nil)
+            }
+            // Disconnected: the sender resends everything after the reconnect.
+            guard let ch = s.channel else { return (nil, nil) }
             let next = s.lastShip + Self.coalesceMicros * 1000
             // Another thread may have shipped after `now` was read.
             let since = now > s.lastShip ? now - s.lastShip : 0

@@ -14,7 +14,7 @@ enum TapCommand {
                                 or strict (wait; SERVER_ERROR if not replicated)
           --sync-timeout MS     how long sync and strict wait for the follower (default 1000)
           --buffer N            unacknowledged journal records held before reporting a gap (default 1048576)
-          --threads N           event-loop threads serving clients (default: one per core, up to 4)
+          --threads N           event-loop threads serving clients (default: one per two cores, 1 to 4)
 
         """
 

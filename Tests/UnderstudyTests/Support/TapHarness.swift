@@ -14,13 +14,14 @@ final class TapHarness: @unchecked Sendable {
     let emitter: TapEmitter
     let journalPort: UInt16
 
-    init(mode: TapEmitter.Mode = .async, capacity: Int = 1 << 20, syncTimeoutMs: Int = 1000) throws {
+    init(mode: TapEmitter.Mode = .async, capacity: Int = 1 << 20, syncTimeoutMs: Int = 1000,
+         threads: Int = TapProxy.Options.defaultThreads) throws {
         memcached = try MemcachedServer()
         dir = Paths.tempDir("tap")
         journalPort = Ports.free()
         node = try Self.keeper(dir: dir, port: journalPort, memcached: memcached.address)
         emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
-        proxy = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: 0), memcached: memcached.endpoint), emitter: emitter)
+        proxy = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: 0), memcached: memcached.endpoint, threads: threads), emitter: emitter)
         proxy.start()
         _ = waitUntil(5) { self.emitter.isConnected }
     }
