@@ -80,20 +80,19 @@ public enum Bytes {
         return Int64(v)
     }
 
-    /// Splits on single spaces, dropping empty tokens (memcached tolerates repeated spaces).
-    /// The space-separated tokens of a line. Not `split`: its result array grows from empty,
-    /// three or four reallocations for a storage command's five tokens, on every request.
+    /// The space-separated tokens of a line (see `TokenScanner`), as slices of it. The array
+    /// is sized up front: `split` grew it from empty, three or four reallocations for a
+    /// storage command's five tokens, on every request.
     public static func tokens(_ line: [UInt8]) -> [ArraySlice<UInt8>] {
         var out: [ArraySlice<UInt8>] = []
         out.reserveCapacity(8)
-        var i = line.startIndex
-        let end = line.endIndex
-        while i < end {
-            while i < end && line[i] == 0x20 { i += 1 }
-            guard i < end else { break }
-            let start = i
-            while i < end && line[i] != 0x20 { i += 1 }
-            out.append(line[start..<i])
+        line.withUnsafeBytes { all in
+            guard let base = all.baseAddress else { return }
+            var scanner = TokenScanner(all)
+            while let t = scanner.next() {
+                let start = t.baseAddress! - base
+                out.append(line[start..<(start + t.count)])
+            }
         }
         return out
     }

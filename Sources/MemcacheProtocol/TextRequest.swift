@@ -79,21 +79,3 @@ public struct ValueHeader: Equatable, Sendable {
         return (key, UInt32(flags), Int(len), cas)
     }
 }
-
-/// The space-separated tokens of a line, found in place: `Bytes.tokens` without its arrays,
-/// for per-reply hot paths.
-public struct TokenScanner: IteratorProtocol {
-    let bytes: UnsafeRawBufferPointer
-    var i = 0
-
-    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
-
-    public mutating func next() -> UnsafeRawBufferPointer? {
-        let n = bytes.count
-        while i < n && bytes[i] == 0x20 { i += 1 }
-        guard i < n else { return nil }
-        let start = i
-        while i < n && bytes[i] != 0x20 { i += 1 }
-        return UnsafeRawBufferPointer(rebasing: bytes[start..<i])
-    }
-}
