@@ -62,7 +62,6 @@ struct CodecTests {
         if case .error(.malformed) = MetaReply.parseHeader(Array("  ".utf8)).0.status {} else { Issue.record("blank line must be malformed") }
     }
 
-
     @Test func valueHeaders() {
         func parse(_ s: String) -> ValueHeader? { ValueHeader.parse(Array(s.utf8)) }
         let a = parse("VALUE k 7 5")
