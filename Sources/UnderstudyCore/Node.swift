@@ -134,7 +134,10 @@ public final class Node: Sendable {
         switch kind {
         case .tap: keeper.serveTap(ch)
         case .follower: keeper.serveFollower(ch)
-        case .probe: try? ch.send(.peerInfo(active: true, epoch: epoch, runID: keeper.runID))
+        // The epoch this keeper runs under, not the highest this node has seen: an active that
+        // just learned of a newer epoch and is about to step down must not claim it, or the
+        // newer active, seeing a tie it loses on run id, steps down too and leaves none.
+        case .probe: try? ch.send(.peerInfo(active: true, epoch: keeper.epoch, runID: keeper.runID))
         }
     }
 }

@@ -1,8 +1,9 @@
 import Foundation
+import JournalWire
 import MemcacheClient
 import MemcacheProtocol
 import Testing
-import UnderstudyCore
+@testable import UnderstudyCore
 import UnderstudyPosix
 
 @Suite("roles, epochs and failure hooks on loopback", .serialized)
@@ -26,6 +27,27 @@ struct RoleTests {
         #expect(try h.status("b").keeper?.followerInSync == true)
         let aState = try String(contentsOfFile: h.dir + "/a/state.json", encoding: .utf8)
         #expect(aState.contains("\"role\":\"passive\""))
+    }
+
+    /// An active that has just learned of a newer epoch (and is about to step down) answers
+    /// a probe with the epoch its keeper runs under. It used to claim the newer one: the newer
+    /// active then saw a tie, lost it on run id and stepped down too, leaving no active (the
+    /// test above failed that way once under CI load).
+    @Test func anActiveAnswersProbesWithItsKeepersEpochNotTheHighestSeen() throws {
+        let memcached = try MemcachedServer()
+        defer { memcached.stop() }
+        let port = Ports.free()
+        let node = try TapHarness.keeper(dir: Paths.tempDir("probe"), port: port, memcached: memcached.address)
+        defer { node.stop() }
+        node.noteEpoch(7)
+        let (ch, seen) = try Handshake.connect(Endpoint(host: "127.0.0.1", port: port), secret: [], kind: .probe)
+        defer { ch.close() }
+        #expect(seen == 7, "the hello still tells the highest epoch seen")
+        guard case .peerInfo(let active, let epoch, _) = try ch.receive() else {
+            Issue.record("no peer info")
+            return
+        }
+        #expect(active && epoch == 1)
     }
 
     @Test func twoActivesMeetAndTheLowerEpochSavesItsOrphansThenResyncs() throws {
