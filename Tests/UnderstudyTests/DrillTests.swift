@@ -167,6 +167,15 @@ struct DrillTests {
         o.acked = load.model.acked
 
         if checkVerify {
+            if partition {
+                // Writes acked while the keeper was cut off wait in the tap's buffer until it
+                // reconnects (with backoff, each try bounded by a 2 s connect timeout): settled
+                // means they reached the keeper too, not only that the follower caught up with
+                // what the keeper has.
+                let journaled = UInt64(load.model.journaled)
+                #expect(waitUntil(60) { ((try? h.status("a").keeper?.counters.records) ?? 0) >= journaled },
+                        "\(tag): the tap never delivered the records it buffered during the partition")
+            }
             try h.waitCaughtUp(timeout: 120)
             // The active never lost its memcached: every acked write is there, and the passive
             // is an exact copy of it.

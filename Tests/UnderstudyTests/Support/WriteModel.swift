@@ -18,11 +18,15 @@ final class WriteModel: @unchecked Sendable {
     private var ops: [String: [Op]] = [:]
     private(set) var acked = 0
     private(set) var failed = 0
+    /// Acked writes the tap journals: all but deletes of missing keys (memcached's NOT_FOUND
+    /// changes nothing, so no record names it).
+    private(set) var journaled = 0
 
-    func record(_ key: String, _ value: [UInt8]?, acked ok: Bool) {
+    func record(_ key: String, _ value: [UInt8]?, acked ok: Bool, changed: Bool = true) {
         lock.withLock {
             ops[key, default: []].append(Op(value: value, acked: ok, ackedAtMs: ok ? Clock.monotonicMs() : 0))
             if ok { acked += 1 } else { failed += 1 }
+            if ok && changed { journaled += 1 }
         }
     }
 
@@ -77,8 +81,8 @@ final class Workload: @unchecked Sendable {
                     if let value {
                         model.record(key, value, acked: try conn!.set(Array(key.utf8), value) == .stored)
                     } else {
-                        _ = try conn!.delete(Array(key.utf8))
-                        model.record(key, nil, acked: true)
+                        let deleted = try conn!.delete(Array(key.utf8))
+                        model.record(key, nil, acked: true, changed: deleted)
                     }
                 } catch {
                     model.record(key, value, acked: false)
