@@ -85,6 +85,20 @@ public final class TapEmitter: Sendable {
         var lastError = ""
 
         var unacked: Int { pending.count - head }
+
+        /// When records queued at `now` may go to the keeper (monotonic ns). Async: at once
+        /// if the tap was quiet (nothing shipped for `coalesceWhenBusierThanNanos`), else
+        /// `coalesceMicros` after the last shipment, so a busy tap sends a batch rather than a
+        /// record per request: each send wakes the keeper, and one wake-up and one write per
+        /// record cost more CPU than the proxying itself. Nobody waits on an async record;
+        /// sync writers do, so theirs are due at once. The loops and the sender thread both
+        /// follow this, so the keeper sees one pace whoever ships.
+        func shipDue(now: UInt64, async: Bool) -> UInt64 {
+            // Another thread may have shipped after `now` was read.
+            let since = now > lastShip ? now - lastShip : 0
+            guard async && since < TapEmitter.coalesceWhenBusierThanNanos else { return now }
+            return lastShip + TapEmitter.coalesceMicros * 1000
+        }
         /// Records buffered but not yet sent on this connection.
         var hasUnsent: Bool { unacked > 0 && pending.last!.seq > sentUpTo }
 
@@ -161,16 +175,10 @@ public final class TapEmitter: Sendable {
         }
     }
 
-    /// Sends what `emitQueued` left, from the calling thread, when it is due; returns when to
-    /// call again (monotonic ns), nil when nothing waits.
-    ///
-    /// Async records are due at once when the tap was quiet (nothing shipped for
-    /// `coalesceWhenBusierThanNanos`), else `coalesceMicros` after the last shipment, so a
-    /// busy tap sends a batch rather than a record per request: each send wakes the keeper.
-    /// This is the sender thread's policy, applied by the loop itself: a wake-up of the
-    /// sender per batch was a context switch and two futex calls on a saturated machine.
-    /// Sync records are due at once; their writers wait. If the channel is busy or full, the
-    /// sender thread takes over.
+    /// Sends what `emitQueued` left, from the calling thread, when it is due (`State.shipDue`);
+    /// returns when to call again (monotonic ns), nil when nothing waits. The loop ships
+    /// itself because a wake-up of the sender per batch was a context switch and two futex
+    /// calls on a saturated machine. If the channel is busy or full, the sender takes over.
     public func shipQueued(now: UInt64, force: Bool = false) -> UInt64? {
         guard force || loopRecordsUnsent.load(ordering: .relaxed) else { return nil }
         let (channel, due) = state.withLock { s -> (JournalChannel?, UInt64?) in
@@ -180,13 +188,8 @@ public final class TapEmitter: Sendable {
             }
             // Disconnected: the sender resends everything after the reconnect.
             guard let ch = s.channel else { return (nil, nil) }
-            let next = s.lastShip + Self.coalesceMicros * 1000
-            // Another thread may have shipped after `now` was read.
-            let since = now > s.lastShip ? now - s.lastShip : 0
-            if force || options.mode != .async || since >= Self.coalesceWhenBusierThanNanos || now >= next {
-                return (ch, nil)
-            }
-            return (nil, next)
+            let due = s.shipDue(now: now, async: options.mode == .async)
+            return force || due <= now ? (ch, nil) : (nil, due)
         }
         if let channel { ship(channel) }
         return due
@@ -409,7 +412,6 @@ public final class TapEmitter: Sendable {
             throw .channel(.stream(error as! StreamError))
         }
         Threads.start("tap-acks") { [self] in readAcks(ch) }
-        var lastSend: UInt64 = 0
         while true {
             state.update(signalling: { s in
                 s.senderIdle = true
@@ -422,12 +424,14 @@ public final class TapEmitter: Sendable {
                 return !s.stopping && s.connected
             }
             guard live else { throw .channel(.stream(.closed(peer: ch.peer))) }
-            var sentRecords = false
+            // Under load, let records gather until they are due (`State.shipDue`).
+            let now = Clock.monoNanos()
+            let due = state.withLock { $0.shipDue(now: now, async: options.mode == .async) }
+            if due > now { Clock.sleep(microseconds: Int((due - now) / 1000)) }
             do {
                 try ch.send {
                     state.withLock { s in
                         let batch = takeBatch(&s)
-                        sentRecords = !batch.isEmpty
                         // A full batch means more is waiting; otherwise it all went.
                         if case .records(let r) = batch.last, r.count >= Self.maxBatch {} else { s.senderWanted = false }
                         return batch
@@ -436,16 +440,6 @@ public final class TapEmitter: Sendable {
             } catch {
                 throw .channel(.stream(error))
             }
-            // Under sustained async load, let records gather for a moment before the next
-            // batch: one wake-up and one write per record, on both the tap and the keeper,
-            // cost more CPU than the proxying itself. Nobody waits on an async record, and a
-            // quiet tap (the last send long ago) still sends at once. Sync writers are
-            // waiting, so their records go out without delay.
-            let now = Clock.monoNanos()
-            if options.mode == .async && sentRecords && now - lastSend < Self.coalesceWhenBusierThanNanos {
-                Clock.sleep(microseconds: Int(Self.coalesceMicros))
-            }
-            lastSend = now
         }
     }
 
