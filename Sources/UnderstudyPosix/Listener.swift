@@ -59,7 +59,7 @@ public final class Listener: Sendable {
     }
 
     public func accept() throws(SystemError) -> Socket {
-        let fd = try Sys.accept(socket.fd, name)
+        let fd = try socket.using { fd throws(SystemError) in try Sys.accept(fd, name) }
         let s = Socket(fd: fd, peer: "client of \(name)")
         try? Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
         return s
@@ -76,7 +76,6 @@ public final class Listener: Sendable {
 
     public func close() {
         closed.store(true, ordering: .releasing)
-        socket.shutdown()
         socket.close()
     }
 

@@ -32,7 +32,7 @@ public final class ReadBuffer {
         if blocking {
             n = try socket.read(into: space)
         } else {
-            guard let got = try Sys.readNow(socket.fd, space, socket.peer) else { return .wouldBlock }
+            guard let got = try socket.readNow(into: space) else { return .wouldBlock }
             n = got
         }
         if n == 0 { return .endOfStream }

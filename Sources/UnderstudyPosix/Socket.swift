@@ -4,38 +4,72 @@ import Synchronization
 /// An owned stream socket (TCP or Unix).
 ///
 /// A class, not a `~Copyable` struct, because a socket is shared between the thread that
-/// blocks on it and the thread that stops it: `shutdown()` from anywhere wakes a blocked
-/// `read`/`accept`, and the descriptor is closed exactly once, by `close()` or `deinit`.
+/// blocks on it and the thread that stops it: `close()` or `shutdown()` from anywhere wakes
+/// a blocked `read`, `write` or `accept`.
+///
+/// The descriptor number is released only when no call is using it, as Go's `internal/poll`
+/// does: a thread between two reads on a socket another thread just closed must not read
+/// from whatever socket the kernel hands that number to next (a reconnecting follower's new
+/// journal connection, say). Blocking calls go through `using`; `close()` marks the socket,
+/// shuts it down to wake those calls, and the last one out closes the descriptor.
 public final class Socket: Sendable {
     public let fd: Int32
     /// What this socket talks to, for error messages.
     public let peer: String
-    /// Whether `fd` was closed. A lock, not an atomic flag: `shutdown` must never reach the
-    /// descriptor after `close` released its number, or it would shut down whatever socket
-    /// the number was given to next (seen: a test's listener refusing connections, a client
-    /// reading EOF, after a journal thread shut down its already closed channel).
-    private let closed = Mutex<Bool>(false)
+    /// Calls in progress, times two, plus one once closing began. Atomic because a read or
+    /// write pays for it: a lock would be a second one per journal frame.
+    private let uses = Atomic<Int>(0)
 
     public init(fd: Int32, peer: String) {
         self.fd = fd
         self.peer = peer
     }
 
-    deinit { close() }
+    /// No call can be in progress here (each holds a reference), so a socket still open is
+    /// closed now, and one that was closing already had its descriptor closed by its last call.
+    deinit {
+        if uses.load(ordering: .acquiring) & 1 == 0 { Sys.close(fd) }
+    }
 
-    public func close() {
-        closed.withLock { closed in
-            if !closed {
-                closed = true
-                Sys.close(fd)
-            }
+    /// Runs `body` with the descriptor, which stays open until `body` returns even if another
+    /// thread closes the socket meanwhile. Throws `EBADF` once the socket is closing.
+    @inline(__always)
+    func using<T>(_ body: (Int32) throws(SystemError) -> T) throws(SystemError) -> T {
+        guard enter() else { throw SystemError(errno: EBADF, operation: "use of closed socket \(peer)") }
+        defer { leave() }
+        return try body(fd)
+    }
+
+    private func enter() -> Bool {
+        var current = uses.load(ordering: .relaxed)
+        while current & 1 == 0 {
+            let (done, seen) = uses.compareExchange(expected: current, desired: current + 2, ordering: .acquiring)
+            if done { return true }
+            current = seen
         }
+        return false
+    }
+
+    private func leave() {
+        // Closing with no call left: this was the last one out.
+        if uses.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { Sys.close(fd) }
+    }
+
+    /// Closes the socket: later calls throw, calls in progress are woken (shutdown), and the
+    /// descriptor is closed when the last of them returns (at once if none). Idempotent.
+    public func close() {
+        // Counted as a call itself, so the shutdown below cannot meet a released number.
+        guard enter() else { return }
+        if uses.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue & 1 == 0 { Sys.shutdown(fd) }
+        leave()
     }
 
     /// Wakes any thread blocked on this socket; the descriptor stays valid until `close()`.
     /// After `close()` it does nothing.
     public func shutdown() {
-        closed.withLock { closed in if !closed { Sys.shutdown(fd) } }
+        guard enter() else { return }
+        Sys.shutdown(fd)
+        leave()
     }
 
     // MARK: connect
@@ -154,26 +188,35 @@ public final class Socket: Sendable {
 
     /// Returns 0 at end of stream.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
-        try Sys.read(fd, buffer, peer)
+        try using { fd throws(SystemError) in try Sys.read(fd, buffer, peer) }
+    }
+
+    /// What the socket has without blocking; nil if nothing yet, 0 at end of stream.
+    public func readNow(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int? {
+        try using { fd throws(SystemError) in try Sys.readNow(fd, buffer, peer) }
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
-        var offset = 0
-        while offset < bytes.count {
-            let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
-            offset += try Sys.send(fd, rest, peer)
+        try using { fd throws(SystemError) in
+            var offset = 0
+            while offset < bytes.count {
+                let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+                offset += try Sys.send(fd, rest, peer)
+            }
         }
     }
 
     /// Writes what fits in the socket buffer without blocking; returns how many bytes went.
     public func writeNow(_ bytes: UnsafeRawBufferPointer) throws(SystemError) -> Int {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = try Sys.sendNow(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...]), peer)
-            if sent == 0 { break }
-            offset += sent
+        try using { fd throws(SystemError) in
+            var offset = 0
+            while offset < bytes.count {
+                let sent = try Sys.sendNow(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...]), peer)
+                if sent == 0 { break }
+                offset += sent
+            }
+            return offset
         }
-        return offset
     }
 
     public func write(_ bytes: [UInt8]) throws(SystemError) {
@@ -182,6 +225,6 @@ public final class Socket: Sendable {
 
     /// Waits until data (or EOF) can be read. False on timeout.
     public func waitReadable(timeoutMs: Int) throws(SystemError) -> Bool {
-        try Sys.poll(fd, events: Int16(POLLIN), timeoutMs: Int32(timeoutMs), peer)
+        try using { fd throws(SystemError) in try Sys.poll(fd, events: Int16(POLLIN), timeoutMs: Int32(timeoutMs), peer) }
     }
 }
