@@ -78,7 +78,7 @@ public struct ClientCommand: Sendable, Equatable {
         case "delete":
             guard let key = args.first, Key.isPlain(key) else { return local(badFormat) }
             // memcached accepts a legacy "0" time argument, and nothing else.
-            let rest = args.dropFirst().filter { !$0.elementsEqual("noreply".utf8) }
+            let rest = args.dropFirst().filter { !Bytes.equals($0, "noreply") }
             guard rest.isEmpty || (rest.count == 1 && Array(rest[0]) == [0x30]) else {
                 return local("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
             }
@@ -91,7 +91,7 @@ public struct ClientCommand: Sendable, Equatable {
             guard args.count >= 2, Key.isPlain(args[0]), Bytes.parseInt(args[1]) != nil else { return local("ERROR") }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .touch(Array(args[0])))
         case "flush_all":
-            let delay = args.first.flatMap { $0.elementsEqual("noreply".utf8) ? nil : Array($0) } ?? []
+            let delay = args.first.flatMap { Bytes.equals($0, "noreply") ? nil : Array($0) } ?? []
             if !delay.isEmpty && Bytes.parseInt(delay) == nil { return local(badFormat) }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .flush(delay: delay))
         case "mg", "ms", "md", "ma":
@@ -107,7 +107,7 @@ public struct ClientCommand: Sendable, Equatable {
         case "stats":
             return ClientCommand(reply: .untilEnd, quiet: false)
         case "lru_crawler":
-            if let sub = args.first, Array(sub) == Array("metadump".utf8) || Array(sub) == Array("mgdump".utf8) {
+            if let sub = args.first, Bytes.equals(sub, "metadump") || Bytes.equals(sub, "mgdump") {
                 return ClientCommand(reply: .untilEndLF, quiet: false)
             }
             return ClientCommand(reply: .line, quiet: false)
@@ -121,7 +121,7 @@ public struct ClientCommand: Sendable, Equatable {
     }
 
     static func isNoreply(_ args: [ArraySlice<UInt8>]) -> Bool {
-        args.last?.elementsEqual("noreply".utf8) ?? false
+        args.last.map { Bytes.equals($0, "noreply") } ?? false
     }
 
     static func storage(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {

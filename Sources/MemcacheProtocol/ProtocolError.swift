@@ -99,6 +99,14 @@ public enum Bytes {
 
     public static func ascii(_ s: String) -> [UInt8] { Array(s.utf8) }
 
+    /// Whether `bytes` spell `literal`. Comparing with a `String`'s `utf8` view walks the
+    /// string's storage a byte at a time: matching `STORED` that way was 1.9% of the tap's
+    /// CPU samples on proxied sets.
+    @inlinable
+    public static func equals<C: Collection<UInt8>>(_ bytes: C, _ literal: StaticString) -> Bool {
+        literal.withUTF8Buffer { bytes.count == $0.count && bytes.elementsEqual($0) }
+    }
+
     /// Appends `v` in decimal without going through `String` (hot encode loops).
     public static func appendDecimal(_ v: Int64, to out: inout [UInt8]) {
         if v < 0 { out.append(UInt8(ascii: "-")) }

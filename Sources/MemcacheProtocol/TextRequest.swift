@@ -67,7 +67,7 @@ public struct ValueHeader: Equatable, Sendable {
 
     static func scan(_ line: UnsafeRawBufferPointer) -> (key: UnsafeRawBufferPointer, flags: UInt32, length: Int, cas: UInt64?)? {
         var t = TokenScanner(line)
-        guard let v = t.next(), v.elementsEqual("VALUE".utf8), let key = t.next(), let f = t.next(), let l = t.next(),
+        guard let v = t.next(), Bytes.equals(v, "VALUE"), let key = t.next(), let f = t.next(), let l = t.next(),
               let flags = Bytes.parseUInt(f), flags <= UInt64(UInt32.max),
               let len = Bytes.parseUInt(l), len <= UInt64(Int32.max) else { return nil }
         var cas: UInt64?

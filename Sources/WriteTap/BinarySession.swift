@@ -163,7 +163,7 @@ final class BinarySession: ProxySession {
             }
             inFlight.removeFirst()
             let record = rh.status == BinaryPacket.Status.ok ? BinaryPacket.effect(h.opcode)?.record(key) : nil
-            c.relay(size, waitingFor: c.journal(record.map { [$0] } ?? []), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
+            c.relay(size, waitingFor: c.journal(record), refusal: .binary(opcode: h.opcode, opaque: h.opaque))
             inFlight.answerLocals(to: c)
             return .done
         }

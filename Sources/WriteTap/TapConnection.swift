@@ -137,7 +137,16 @@ final class TapConnection {
     func journal(_ records: [(RecordOp, [UInt8])]) -> TapEmitter.SyncTicket? {
         var last: UInt64?
         for (op, key) in records { last = context.emitter.emitQueued(op, key: key) }
-        return last.flatMap { context.emitter.ticket(for: $0) }
+        return ticket(after: last)
+    }
+
+    /// One record (or none), with no array built around it: a request names one key.
+    func journal(_ record: (RecordOp, [UInt8])?) -> TapEmitter.SyncTicket? {
+        ticket(after: record.map { context.emitter.emitQueued($0.0, key: $0.1) })
+    }
+
+    private func ticket(after seq: UInt64?) -> TapEmitter.SyncTicket? {
+        seq.flatMap { context.emitter.ticket(for: $0) }
     }
 
     // MARK: life cycle

@@ -198,20 +198,20 @@ final class TextSession: ProxySession {
                 return .progress
             }
             // END, or an error: the reply is complete. gat hits stand whatever the follower did.
-            finish(c, total, cmd, records: cmd.effect?.records(hits: hits) ?? [], refusal: .none)
+            finish(c, total, waitingFor: c.journal(cmd.effect?.records(hits: hits) ?? []), refusal: .none)
         case .meta:
             guard let (length, total) = input.line() else { return .incomplete }
             let (reply, dataLength) = MetaReply.parseHeader(input.bytes(0..<length))
             let size = total + (dataLength.map { $0 + 2 } ?? 0)
             guard input.count >= size else { return .incomplete }
             let ok = Self.metaSuccess(cmd.effect, reply.status)
-            finish(c, size, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
+            finish(c, size, waitingFor: c.journal(ok ? cmd.effect?.record : nil), refusal: .text)
         case .untilEnd, .untilEndLF:
             let lf = cmd.reply == .untilEndLF
             guard let (length, total) = input.line(lfOnly: lf) else { return .incomplete }
             var line = input.bytes(0..<length)
             if lf && line.last == 0x0D { line.removeLast() }
-            let last = line == Array("END".utf8) || ProtocolError.fromErrorLine(line) != nil || line.starts(with: Array("BUSY".utf8))
+            let last = Bytes.equals(line, "END") || ProtocolError.fromErrorLine(line) != nil || line.starts(with: Array("BUSY".utf8))
             c.relay(total)
             guard last else { return .progress }
             inFlight.removeFirst()
@@ -219,26 +219,26 @@ final class TextSession: ProxySession {
         case .line, .close:
             guard let (length, total) = input.line() else { return .incomplete }
             let ok = input.withBytes(0..<length) { Self.lineSuccess(cmd.effect, $0) }
-            finish(c, total, cmd, records: ok ? cmd.effect?.records(hits: []) ?? [] : [], refusal: .text)
+            finish(c, total, waitingFor: c.journal(ok ? cmd.effect?.record : nil), refusal: .text)
         }
         return .done
     }
 
-    /// Ends the head request: journals, then relays its last `size` bytes, held until the
-    /// follower applied in sync mode.
-    private func finish(_ c: TapConnection, _ size: Int, _ cmd: ClientCommand, records: [(RecordOp, [UInt8])], refusal: ReplyQueue.Refusal) {
+    /// Ends the head request: relays its last `size` bytes, held in sync mode until the
+    /// follower applied what the caller journaled (`ticket`).
+    private func finish(_ c: TapConnection, _ size: Int, waitingFor ticket: TapEmitter.SyncTicket?, refusal: ReplyQueue.Refusal) {
         inFlight.removeFirst()
-        c.relay(size, waitingFor: c.journal(records), refusal: refusal)
+        c.relay(size, waitingFor: ticket, refusal: refusal)
         inFlight.answerLocals(to: c)
     }
 
     static func lineSuccess<C: Collection<UInt8>>(_ effect: ClientCommand.Effect?, _ l: C) -> Bool {
         guard let effect else { return false }
         switch effect {
-        case .write: return l.elementsEqual("STORED".utf8) || Bytes.parseUInt(l) != nil
-        case .delete: return l.elementsEqual("DELETED".utf8)
-        case .touch: return l.elementsEqual("TOUCHED".utf8)
-        case .flush: return l.elementsEqual("OK".utf8)
+        case .write: return Bytes.equals(l, "STORED") || Bytes.parseUInt(l) != nil
+        case .delete: return Bytes.equals(l, "DELETED")
+        case .touch: return Bytes.equals(l, "TOUCHED")
+        case .flush: return Bytes.equals(l, "OK")
         default: return false
         }
     }
@@ -267,7 +267,7 @@ final class TextSession: ProxySession {
                 records += effects.flatMap { $0.records(hits: []) }
                 if clientFence { c.replies.add(lost) }
             case .reply(let cmd, _):
-                records += cmd.effect?.records(hits: []) ?? []
+                if let r = cmd.effect?.record { records.append(r) }
                 c.replies.add(lost)
             }
         }

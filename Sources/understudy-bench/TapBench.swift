@@ -14,9 +14,10 @@ enum TapBench {
         let targets: [(String, Endpoint)] = [("direct", pair.srcEP), ("tap", pair.tapEP!)] + (twem.map { [("twemproxy", $0.endpoint)] } ?? [])
         // What each proxy's own processes spend per request: the tap pays for its keeper too.
         let proxyProcesses: [String: [Spawned]] = ["tap": [pair.tap!, pair.keeper!], "twemproxy": twem.map { [$0.process] } ?? []]
-        // 4 connections, and 32 as a PHP-FPM pool would open: many clients is what an event
-        // loop is for.
-        for conns in [4, 32] {
+        // 1 connection: what the proxy adds to a request when nothing queues (its own cost).
+        // 4, and 32 as a PHP-FPM pool would open: under saturation p50 is mostly queueing,
+        // so there latency follows throughput; many clients is what an event loop is for.
+        for conns in [1, 4, 32] {
             for sets in [false, true] {
                 try measure(conns: conns, sets: sets, targets: targets, processes: proxyProcesses, runs: runs, seconds: seconds, table: table)
             }
