@@ -53,10 +53,10 @@ public final class JournalChannel: @unchecked Sendable {
         } ?? false
     }
 
-    /// Shuts the socket down and closes it once no send is in progress; later sends throw.
+    /// Closes the socket once no send is in progress; later sends throw. A thread still
+    /// receiving is woken, and the descriptor is released when it returns (see `Socket`).
     public func close() {
         sending.withLock { $0 = true }
-        stream.socket.shutdown()
         stream.socket.close()
     }
 
