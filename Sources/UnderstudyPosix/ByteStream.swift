@@ -29,7 +29,9 @@ public enum StreamError: Error, CustomStringConvertible, Sendable, Equatable {
 public final class ByteStream {
     public let socket: Socket
     private let input: ReadBuffer
-    private var output = WriteBuffer()
+    /// Written by one thread at a time (a channel's sends hold its lock): unchecked, as
+    /// `ReadBuffer`'s storage is.
+    @exclusivity(unchecked) private var output = WriteBuffer()
 
     public init(_ socket: Socket, capacity: Int = 64 * 1024) {
         self.socket = socket

@@ -5,7 +5,9 @@ import Glibc
 /// `Synchronization.Mutex` has no condition variable, and the tap's sync mode and the sender
 /// threads need "wait until X, or until a deadline" — the classic monitor.
 public final class Monitor<State>: @unchecked Sendable {
-    private var state: State
+    /// Only touched under the mutex, which already makes every access exclusive; Swift's
+    /// runtime check would repeat that on every lock.
+    @exclusivity(unchecked) private var state: State
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 

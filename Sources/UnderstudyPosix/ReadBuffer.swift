@@ -6,7 +6,9 @@ import Glibc
 /// message split across reads is simply parsed again when the rest arrives. Offsets are
 /// relative to the first unconsumed byte.
 public final class ReadBuffer {
-    private var storage: UnsafeMutableRawBufferPointer
+    /// A buffer has one owner thread (a tap loop, a stream's reader), so Swift's runtime
+    /// exclusivity check, paid on every access, guards nothing here (see `TapLoop`).
+    @exclusivity(unchecked) private var storage: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
     private let initialCapacity: Int

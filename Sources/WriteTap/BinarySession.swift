@@ -29,8 +29,9 @@ final class BinarySession: ProxySession {
         }
     }
 
-    private var inFlight = InFlight<Entry>()
-    private var unfenced: [Quiet]?
+    // Loop-owned: `@exclusivity(unchecked)` as explained on `TapLoop`.
+    @exclusivity(unchecked) private var inFlight = InFlight<Entry>()
+    @exclusivity(unchecked) private var unfenced: [Quiet]?
     private var discarding = 0
     private(set) var wantsClose = false
     let maxBody: Int

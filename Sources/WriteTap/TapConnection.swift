@@ -12,11 +12,12 @@ final class TapConnection {
     let context: TapContext
     let poller: Poller
     let clientIn = ReadBuffer()
-    var replies = ReplyQueue()
-    private(set) var session: (any ProxySession)?
+    // Loop-owned: `@exclusivity(unchecked)` as explained on `TapLoop`.
+    @exclusivity(unchecked) var replies = ReplyQueue()
+    @exclusivity(unchecked) private(set) var session: (any ProxySession)?
     /// The loop's shared connection for this client's dialect (text until the first byte
     /// says binary).
-    private(set) var upstream: Upstream
+    @exclusivity(unchecked) private(set) var upstream: Upstream
     private let binaryUpstream: Upstream
 
     /// The client sent its last byte (or failed): nothing more to read.

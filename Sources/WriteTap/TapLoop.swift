@@ -10,6 +10,14 @@ import UnderstudyPosix
 ///
 /// `@unchecked Sendable`: the connection table and everything in it belong to the loop's
 /// thread. Other threads only `adopt` (through the locked inbox) and `stop`/`wake`.
+///
+/// For the same reason the stored collections of the loop and of what it owns (connections,
+/// sessions, upstreams, buffers) are `@exclusivity(unchecked)`. Swift checks each access to
+/// a class's stored property at run time (a thread-local lookup and a set insert) unless it
+/// can prove it safe; under callgrind that was 17% of the tap's instructions per proxied set,
+/// and dropping it cut the tap's CPU per set by 8% (15.0 → 13.9 µs at 4 connections).
+/// One thread can still overlap two accesses by reentrancy; no session callback reaches
+/// back into the collection it is called from.
 final class TapLoop: @unchecked Sendable {
     let poller: Poller
     let context: TapContext
@@ -18,11 +26,12 @@ final class TapLoop: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let stopped = Monitor<Bool>(false)
 
-    private var connections: [UInt64: TapConnection] = [:]
+    // Loop-owned: `@exclusivity(unchecked)`, see above.
+    @exclusivity(unchecked) private var connections: [UInt64: TapConnection] = [:]
     /// The loop's shared connections to memcached: text (token 1) and binary (token 3).
     private let upstreams: [Upstream]
     /// Connections with replies held for sync-mode waits.
-    private var holding: Set<UInt64> = []
+    @exclusivity(unchecked) private var holding: Set<UInt64> = []
     private var nextHeldCheck = UInt64.max
     private var nextID: UInt64 = 1
     private var lastTimerCheck: UInt64 = 0

@@ -24,11 +24,12 @@ final class TextSession: ProxySession {
         }
     }
 
-    private var inFlight = InFlight<Entry>()
+    // Loop-owned: `@exclusivity(unchecked)` as explained on `TapLoop`.
+    @exclusivity(unchecked) private var inFlight = InFlight<Entry>()
     /// Quiet writes forwarded since the last fence.
-    private var unfenced: [ClientCommand.Effect]?
+    @exclusivity(unchecked) private var unfenced: [ClientCommand.Effect]?
     /// A storage request whose data block has not fully arrived.
-    private var awaitingData: (line: [UInt8], cmd: ClientCommand)?
+    @exclusivity(unchecked) private var awaitingData: (line: [UInt8], cmd: ClientCommand)?
     /// Bytes of a refused data block still to discard.
     private var discarding = 0
     /// Inside a line longer than memcached allows, discarding up to its end.

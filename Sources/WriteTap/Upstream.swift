@@ -16,18 +16,19 @@ final class Upstream {
     let context: TapContext
     let poller: Poller
     let token: UInt64
-    private(set) var socket: Socket?
+    // Loop-owned: `@exclusivity(unchecked)` as explained on `TapLoop`.
+    @exclusivity(unchecked) private(set) var socket: Socket?
     private var connecting = false
     private var connectDeadline: UInt64 = 0
     let input = ReadBuffer(capacity: 64 * 1024)
-    private var output = WriteBuffer()
+    @exclusivity(unchecked) private var output = WriteBuffer()
     private var interest: Poller.Interest = []
     /// Whose reply comes next: one entry per forwarded request (or fence) awaiting one.
-    private var order = InFlight<TapConnection>()
+    @exclusivity(unchecked) private var order = InFlight<TapConnection>()
     /// Since when a forwarded request has waited with no byte back from memcached.
     private var waitingSince: UInt64?
     /// Clients that got replies or errors since the loop last looked.
-    var touched: [TapConnection] = []
+    @exclusivity(unchecked) var touched: [TapConnection] = []
 
     static let connectTimeoutNanos: UInt64 = 1_000_000_000
 
