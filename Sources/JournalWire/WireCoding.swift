@@ -19,28 +19,51 @@ struct WireWriter {
 }
 
 /// The reading side; every read is bounds-checked and a short frame is a typed error.
+///
+/// Integers are read in place: through `take` each one was an `ArraySlice` (a retain, a
+/// release and a generic `reduce`), and decoding was the keeper's largest cost per record.
 struct WireReader {
     let bytes: [UInt8]
     var pos = 0
 
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
+    @inline(__always)
+    private func need(_ n: Int) throws(JournalError) {
+        if n < 0 || bytes.count - pos < n { throw endsEarly(n) }
+    }
+
+    private func endsEarly(_ n: Int) -> JournalError {
+        .malformed("frame ends early (need \(n) bytes at \(pos) of \(bytes.count))")
+    }
+
     mutating func take(_ n: Int) throws(JournalError) -> ArraySlice<UInt8> {
-        guard n >= 0, bytes.count - pos >= n else { throw .malformed("frame ends early (need \(n) bytes at \(pos) of \(bytes.count))") }
+        try need(n)
         defer { pos += n }
         return bytes[pos..<(pos + n)]
     }
 
-    mutating func u8() throws(JournalError) -> UInt8 { try take(1).first! }
+    /// A big-endian unsigned integer of `T`'s width.
+    @inline(__always)
+    private mutating func integer<T: FixedWidthInteger & UnsignedInteger>(_: T.Type) throws(JournalError) -> T {
+        let n = MemoryLayout<T>.size
+        try need(n)
+        var v: T = 0
+        for i in pos..<(pos + n) { v = v << 8 | T(bytes[i]) }
+        pos += n
+        return v
+    }
+
+    mutating func u8() throws(JournalError) -> UInt8 { try integer(UInt8.self) }
     /// 0 or 1; anything else is a malformed frame (one encoding per value).
     mutating func bool() throws(JournalError) -> Bool {
         let b = try u8()
         guard b <= 1 else { throw .malformed("boolean byte \(b)") }
         return b == 1
     }
-    mutating func u16() throws(JournalError) -> UInt16 { try take(2).reduce(0) { $0 << 8 | UInt16($1) } }
-    mutating func u32() throws(JournalError) -> UInt32 { try take(4).reduce(0) { $0 << 8 | UInt32($1) } }
-    mutating func u64() throws(JournalError) -> UInt64 { try take(8).reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func u16() throws(JournalError) -> UInt16 { try integer(UInt16.self) }
+    mutating func u32() throws(JournalError) -> UInt32 { try integer(UInt32.self) }
+    mutating func u64() throws(JournalError) -> UInt64 { try integer(UInt64.self) }
     mutating func i64() throws(JournalError) -> Int64 { Int64(bitPattern: try u64()) }
     mutating func raw(_ n: Int) throws(JournalError) -> [UInt8] { Array(try take(n)) }
     mutating func short() throws(JournalError) -> [UInt8] { Array(try take(Int(try u16()))) }

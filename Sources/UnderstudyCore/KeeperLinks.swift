@@ -7,11 +7,11 @@ import Synchronization
 /// thread to be scheduled.
 final class TapLink: Sendable {
     let ch: JournalChannel
-    let tapID: [UInt8]
+    let tapID: TapID
     /// The highest applied seq sent; changed only under the channel's send lock.
     let sentApplied = Atomic<UInt64>(0)
 
-    init(_ ch: JournalChannel, tapID: [UInt8]) {
+    init(_ ch: JournalChannel, tapID: TapID) {
         self.ch = ch
         self.tapID = tapID
     }
