@@ -173,5 +173,8 @@ final class TapConnection {
     func close() {
         poller.remove(client.fd)
         client.close()
+        isClosed = true
     }
+
+    private(set) var isClosed = false
 }
