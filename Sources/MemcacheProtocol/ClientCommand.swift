@@ -59,11 +59,32 @@ public struct ClientCommand: Sendable, Equatable {
 
     /// Classifies one request line (without CRLF). `maxItemSize` is the server's limit, used to
     /// refuse oversized values before streaming them upstream.
+    ///
+    /// The tokens are buffers into `line`, gathered on the stack: an array of slices cost an
+    /// allocation and a retain and release per token, on every proxied request (a fifth of
+    /// the tap's instructions went to parsing). Only what the command keeps (its key) is copied.
     public static func parse(_ line: [UInt8], maxItemSize: Int) -> ClientCommand {
-        var args = Bytes.tokens(line)
-        guard !args.isEmpty else { return local("ERROR") }
-        // In place: a copy of the rest would be an allocation on every request.
-        let name = String(decoding: args.removeFirst(), as: UTF8.self)
+        line.withUnsafeBytes { raw in
+            // A token needs at least one byte and a separator: this bounds the count.
+            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: raw.count / 2 + 1) { slots in
+                var n = 0
+                var scanner = TokenScanner(raw)
+                while let t = scanner.next() {
+                    slots[n] = t
+                    n += 1
+                }
+                guard n > 0 else { return local("ERROR") }
+                return classify(name: slots[0], UnsafeBufferPointer(rebasing: slots[1..<n]), maxItemSize: maxItemSize)
+            }
+        }
+    }
+
+    typealias Args = UnsafeBufferPointer<UnsafeRawBufferPointer>
+
+    /// `args` point into the request line: valid only during this call, so whatever a
+    /// command keeps is copied out.
+    private static func classify(name token: UnsafeRawBufferPointer, _ args: Args, maxItemSize: Int) -> ClientCommand {
+        let name = String(decoding: token, as: UTF8.self)
         switch name {
         case "set", "add", "replace", "append", "prepend", "cas":
             return storage(name, args, maxItemSize: maxItemSize)
@@ -79,7 +100,7 @@ public struct ClientCommand: Sendable, Equatable {
             guard let key = args.first, Key.isPlain(key) else { return local(badFormat) }
             // memcached accepts a legacy "0" time argument, and nothing else.
             let rest = args.dropFirst().filter { !Bytes.equals($0, "noreply") }
-            guard rest.isEmpty || (rest.count == 1 && Array(rest[0]) == [0x30]) else {
+            guard rest.isEmpty || (rest.count == 1 && Bytes.equals(rest[0], "0")) else {
                 return local("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
             }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .delete(Array(key)))
@@ -120,11 +141,11 @@ public struct ClientCommand: Sendable, Equatable {
         }
     }
 
-    static func isNoreply(_ args: [ArraySlice<UInt8>]) -> Bool {
+    static func isNoreply(_ args: Args) -> Bool {
         args.last.map { Bytes.equals($0, "noreply") } ?? false
     }
 
-    static func storage(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {
+    static func storage(_ name: String, _ args: Args, maxItemSize: Int) -> ClientCommand {
         let want = name == "cas" ? 5 : 4
         guard args.count == want || args.count == want + 1 else { return local("ERROR") }
         guard let len = Bytes.parseInt(args[3]), Bytes.parseUInt(args[1]) != nil, Bytes.parseInt(args[2]) != nil,
@@ -140,16 +161,16 @@ public struct ClientCommand: Sendable, Equatable {
         return ClientCommand(reply: .line, quiet: isNoreply(args), dataLength: Int(len), effect: .write(key))
     }
 
-    static func meta(_ name: String, _ args: [ArraySlice<UInt8>], maxItemSize: Int) -> ClientCommand {
+    static func meta(_ name: String, _ args: Args, maxItemSize: Int) -> ClientCommand {
         guard let keyTok = args.first else { return local(badFormat) }
-        var flags = Array(args.dropFirst())
+        var flags = args.dropFirst()
         var dataLength: Int?
         if name == "ms" {
             guard let lt = flags.first, let len = Bytes.parseUInt(lt), len <= UInt64(Int32.max) - 2 else { return local(badFormat) }
             dataLength = Int(len)
-            flags.removeFirst()
+            flags = flags.dropFirst()
         }
-        let has = { (c: Character) in flags.contains { $0.first == c.asciiValue! } }
+        let has = { (c: Unicode.Scalar) in flags.contains { $0.first == UInt8(ascii: c) } }
         let key: [UInt8]
         if has("b") {
             guard let k = Base64.decode(keyTok), !k.isEmpty, keyTok.count <= Key.maxLength else {

@@ -42,15 +42,14 @@ struct InFlight<Entry> {
 
     mutating func updateFirst(_ body: (inout Entry) -> Void) { body(&entries[head]) }
 
-    @discardableResult
-    mutating func removeFirst() -> Entry {
-        let e = entries[head]
+    /// Returns nothing: copying the entry out (a command and its arrays) cost a retain and a
+    /// release per field on every reply, for callers that had already read it with `first`.
+    mutating func removeFirst() {
         head += 1
         if head == entries.count {
             entries.removeAll(keepingCapacity: true)
             head = 0
         }
-        return e
     }
 
     /// Empties the queue, returning what was in it, oldest first.
