@@ -16,28 +16,23 @@ public struct MetadumpEntry: Equatable, Sendable {
         try line.withUnsafeBytes { raw in Result { () throws(ProtocolError) in try parse(raw) } }.get()
     }
 
-    static let keyTag = Array("key=".utf8), expTag = Array("exp=".utf8), sizeTag = Array("size=".utf8)
-
-    /// The same, over a borrowed line: one pass, no allocation but the key.
+    /// The same, over a borrowed line: one pass, no allocation but the key. Tags are matched
+    /// as bytes: a generic `starts(with:)` against arrays was a sixth of a full sync's
+    /// instructions per key.
     public static func parse(_ line: UnsafeRawBufferPointer) throws(ProtocolError) -> MetadumpEntry {
         var key: [UInt8]?
         var exp: Int64?
         var size = 0
-        let n = line.count
-        var i = 0
-        while i < n {
-            while i < n && line[i] == 0x20 { i += 1 }
-            let s = i
-            while i < n && line[i] != 0x20 { i += 1 }
-            let tok = line[s..<i]
-            if tok.starts(with: keyTag) {
-                guard let k = percentDecode(tok.dropFirst(4)) else { throw .malformed("metadump key: \(Bytes.text(Array(line)))") }
+        var tokens = TokenScanner(line)
+        while let tok = tokens.next() {
+            if let v = Bytes.value(of: "key=", in: tok) {
+                guard let k = percentDecode(v) else { throw .malformed("metadump key: \(Bytes.text(Array(line)))") }
                 key = k
-            } else if tok.starts(with: expTag) {
-                guard let e = Bytes.parseInt(tok.dropFirst(4)) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
+            } else if let v = Bytes.value(of: "exp=", in: tok) {
+                guard let e = Bytes.parseInt(v) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
                 exp = e
-            } else if tok.starts(with: sizeTag) {
-                size = Int(Bytes.parseUInt(tok.dropFirst(5)) ?? 0)
+            } else if let v = Bytes.value(of: "size=", in: tok) {
+                size = Int(Bytes.parseUInt(v) ?? 0)
             }
         }
         guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(Array(line)))") }

@@ -107,6 +107,16 @@ public enum Bytes {
         literal.withUTF8Buffer { bytes.count == $0.count && bytes.elementsEqual($0) }
     }
 
+    /// What follows `tag` in `token` (`key=` in `key=abc`), or nil if it does not start so.
+    @inlinable
+    public static func value(of tag: StaticString, in token: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        tag.withUTF8Buffer { t in
+            guard token.count >= t.count else { return nil }
+            for i in 0..<t.count where token[i] != t[i] { return nil }
+            return UnsafeRawBufferPointer(rebasing: token[t.count...])
+        }
+    }
+
     /// Appends `v` in decimal without going through `String` (hot encode loops).
     public static func appendDecimal(_ v: Int64, to out: inout [UInt8]) {
         if v < 0 { out.append(UInt8(ascii: "-")) }
