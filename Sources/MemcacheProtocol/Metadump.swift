@@ -25,14 +25,21 @@ public struct MetadumpEntry: Equatable, Sendable {
         var size = 0
         var tokens = TokenScanner(line)
         while let tok = tokens.next() {
-            if let v = Bytes.value(of: "key=", in: tok) {
+            // Seven fields a line, three wanted: the first byte rules out the rest.
+            switch tok.first {
+            case UInt8(ascii: "k"):
+                guard let v = Bytes.value(of: "key=", in: tok) else { continue }
                 guard let k = percentDecode(v) else { throw .malformed("metadump key: \(Bytes.text(Array(line)))") }
                 key = k
-            } else if let v = Bytes.value(of: "exp=", in: tok) {
+            case UInt8(ascii: "e"):
+                guard let v = Bytes.value(of: "exp=", in: tok) else { continue }
                 guard let e = Bytes.parseInt(v) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
                 exp = e
-            } else if let v = Bytes.value(of: "size=", in: tok) {
+            case UInt8(ascii: "s"):
+                guard let v = Bytes.value(of: "size=", in: tok) else { continue }
                 size = Int(Bytes.parseUInt(v) ?? 0)
+            default:
+                continue
             }
         }
         guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(Array(line)))") }

@@ -108,7 +108,7 @@ public enum Bytes {
     }
 
     /// What follows `tag` in `token` (`key=` in `key=abc`), or nil if it does not start so.
-    @inlinable
+    @inlinable @inline(__always)
     public static func value(of tag: StaticString, in token: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         tag.withUTF8Buffer { t in
             guard token.count >= t.count else { return nil }
