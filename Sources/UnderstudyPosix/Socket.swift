@@ -10,7 +10,7 @@ import Synchronization
 /// The descriptor number is released only when no call is using it, as Go's `internal/poll`
 /// does: a thread between two reads on a socket another thread just closed must not read
 /// from whatever socket the kernel hands that number to next (a reconnecting follower's new
-/// journal connection, say). Blocking calls go through `using`; `close()` marks the socket,
+/// journal connection, say). Every I/O call goes through `using`; `close()` marks the socket,
 /// shuts it down to wake those calls, and the last one out closes the descriptor.
 public final class Socket: Sendable {
     public let fd: Int32
