@@ -259,17 +259,25 @@ final class Follower: Sendable {
                 }
                 return
             }
+            // Wakes the waiters only when the applier can be waiting for this (the queue was
+            // empty): a broadcast per frame also woke the ack thread, for nothing, on every
+            // record's way to the passive.
             switch m {
             case .stream(let recs):
-                state.update { s in
+                state.update(signalling: { s in
+                    let wasEmpty = s.pending == 0
                     s.queue.append(contentsOf: recs)
                     if let last = recs.last {
                         s.received = last.offset
                         s.keeperEnd = max(s.keeperEnd, last.offset)
                     }
-                }
+                    return ((), wasEmpty)
+                })
             case .ping(let end, _):
-                state.update { s in s.keeperEnd = max(s.keeperEnd, end) }
+                state.update(signalling: { s in
+                    s.keeperEnd = max(s.keeperEnd, end)
+                    return ((), false)
+                })
             default:
                 continue
             }
