@@ -21,13 +21,14 @@ public enum Key {
     @inlinable
     public static func isPlain<C: Collection<UInt8>>(_ key: C) -> Bool {
         guard !key.isEmpty && key.count <= maxLength else { return false }
-        // Contiguous keys (all of them on hot paths) take a branch-free pass the compiler
-        // vectorizes; a byte that is not 0x21...0x7e wraps to at least 0x5e below.
+        // One rule, printable ASCII 0x21...0x7e: any other byte wraps to at least 0x5e below.
+        // Contiguous keys (all of them on hot paths) take it in a branch-free pass the
+        // compiler vectorizes.
         return key.withContiguousStorageIfAvailable { buf in
             var worst: UInt8 = 0
             for b in buf { worst = Swift.max(worst, b &- 0x21) }
             return worst < 0x5e
-        } ?? !key.contains { $0 <= 0x20 || $0 >= 0x7f }
+        } ?? key.allSatisfy { $0 &- 0x21 < 0x5e }
     }
 
     /// The meta-protocol key token and whether it is base64. Binary keys are encoded; the

@@ -367,7 +367,7 @@ final class Follower: Sendable {
     /// value read is at least as new as any of them. Flush and gap records split runs.
     func apply(_ batch: [StreamRecord], copier: KeyCopier, identities: inout Identities) throws(FollowerFailure) {
         var keys: [[UInt8]] = []
-        var seen = Set<KeySetMember>(minimumCapacity: batch.count)
+        var seen = Set<BytesKey>(minimumCapacity: batch.count)
         var runEnd: StreamRecord?
 
         func copyRun() throws(FollowerFailure) {
@@ -397,7 +397,7 @@ final class Follower: Sendable {
         for r in batch {
             switch r.op {
             case .write, .delete, .touch:
-                if seen.insert(KeySetMember(key: r.key)).inserted { keys.append(r.key) }
+                if seen.insert(BytesKey(r.key)).inserted { keys.append(r.key) }
                 runEnd = r
             case .flush:
                 try copyRun()

@@ -18,7 +18,7 @@ final class Keeper: Sendable {
 
     struct State {
         var backlog: Backlog
-        var taps: [TapID: TapState] = [:]
+        var taps: [BytesKey: TapState] = [:]
         /// The taps connected (welcomed) now.
         var tapLinks: [ObjectIdentifier: TapLink] = [:]
         var followerConnection: Socket?
@@ -84,10 +84,10 @@ final class Keeper: Sendable {
 
     /// Serves one authenticated tap connection until it closes.
     func serveTap(_ ch: JournalChannel) {
-        let tapID: TapID
+        let tapID: BytesKey
         do {
             guard case .tapStart(let id) = try ch.receive() else { return }
-            tapID = TapID(id)
+            tapID = BytesKey(id)
             let acked = state.withLock { $0.taps[tapID]?.lastSeq ?? 0 }
             try ch.send(.tapWelcome(runID: runID, ackedSeq: acked))
             try ch.stream.socket.setIOTimeout(milliseconds: 0)
@@ -120,7 +120,7 @@ final class Keeper: Sendable {
         }
     }
 
-    func journal(_ recs: [TapRecord], tapID: TapID) {
+    func journal(_ recs: [TapRecord], tapID: BytesKey) {
         let stamp = Clock.wallNanos()
         let now = Clock.monoNanos()
         let (link, ackDue) = state.update(signalling: { s -> ((FollowerLink?, Bool), wake: Bool) in
@@ -171,7 +171,7 @@ final class Keeper: Sendable {
         return [.stream(batch)]
     }
 
-    func journalGap(tapID: TapID, from: UInt64, lost: UInt64, reason: String) {
+    func journalGap(tapID: BytesKey, from: UInt64, lost: UInt64, reason: String) {
         state.update { s in
             var tap = s.taps[tapID] ?? TapState()
             let last = from + lost - 1

@@ -7,11 +7,11 @@ import Synchronization
 /// thread to be scheduled.
 final class TapLink: Sendable {
     let ch: JournalChannel
-    let tapID: TapID
+    let tapID: BytesKey
     /// The highest applied seq sent; changed only under the channel's send lock.
     let sentApplied = Atomic<UInt64>(0)
 
-    init(_ ch: JournalChannel, tapID: TapID) {
+    init(_ ch: JournalChannel, tapID: BytesKey) {
         self.ch = ch
         self.tapID = tapID
     }

@@ -6,8 +6,9 @@ import UnderstudyPosix
 /// without ever blocking the application's write path (async mode) — by a background thread
 /// for the library (`emit`), by the proxy's event loops themselves between turns
 /// (`emitQueued`, `shipQueued`), with the thread as their fallback. Records stay buffered
-/// until the keeper acknowledges them and are re-sent after a reconnect. When the buffer overflows the tap reports a gap — counted, logged and sent to
-/// the keeper, which makes the follower resync — instead of dropping anything silently.
+/// until the keeper acknowledges them and are re-sent after a reconnect. When the buffer
+/// overflows the tap reports a gap — counted, logged and sent to the keeper, which makes the
+/// follower resync — instead of dropping anything silently.
 public final class TapEmitter: Sendable {
     public enum Mode: String, Sendable, CaseIterable {
         /// Answer the client as soon as memcached did.

@@ -8,7 +8,8 @@ import UnderstudyPosix
 /// journal connection while its reader thread runs, then reconnects at once.
 @Suite("socket close under a reader")
 struct SocketCloseTests {
-    /// A loopback pair whose far side writes `fill` until it fails: (our side, its writer).
+    /// Our side of a loopback pair whose far side writes `fill` until it fails (our side
+    /// closed) or stalls for 2 s, then closes.
     static func flooded(by listener: Listener, fill: UInt8) throws -> Socket {
         let ours = try Socket.connect(to: Endpoint(host: "127.0.0.1", port: listener.port), timeoutMs: 2000)
         let theirs = try listener.accept()
