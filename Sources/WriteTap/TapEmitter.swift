@@ -81,24 +81,18 @@ public final class TapEmitter: Sendable {
         /// reconnect, or a loop that could not ship (`shipQueued`). Records an event loop
         /// queued are its own to ship, and do not keep the sender busy.
         var senderWanted = false
-        /// When records last went to the keeper (monotonic ns), by any thread.
-        var lastShip: UInt64 = 0
+        /// The pace of async shipments, whoever ships (see ``ShipPacer``).
+        var pacer = ShipPacer(intervalNanos: TapEmitter.shipIntervalNanos, burst: TapEmitter.shipBurst)
         var lastError = ""
 
         var unacked: Int { pending.count - head }
 
-        /// When records queued at `now` may go to the keeper (monotonic ns). Async: at once
-        /// if the tap was quiet (nothing shipped for `coalesceWhenBusierThanNanos`), else
-        /// `coalesceMicros` after the last shipment, so a busy tap sends a batch rather than a
-        /// record per request: each send wakes the keeper, and one wake-up and one write per
-        /// record cost more CPU than the proxying itself. Nobody waits on an async record;
-        /// sync writers do, so theirs are due at once. The loops and the sender thread both
-        /// follow this, so the keeper sees one pace whoever ships.
+        /// When records queued at `now` may go to the keeper (monotonic ns). Async records
+        /// follow the pacer, so a busy tap sends batches; nobody waits on them. Sync writers
+        /// do, so theirs are due at once. The loops and the sender thread both follow this,
+        /// so the keeper sees one pace whoever ships.
         func shipDue(now: UInt64, async: Bool) -> UInt64 {
-            // Another thread may have shipped after `now` was read.
-            let since = now > lastShip ? now - lastShip : 0
-            guard async && since < TapEmitter.coalesceWhenBusierThanNanos else { return now }
-            return lastShip + TapEmitter.coalesceMicros * 1000
+            async ? pacer.due(now: now) : now
         }
         /// Records buffered but not yet sent on this connection.
         var hasUnsent: Bool { unacked > 0 && pending.last!.seq > sentUpTo }
@@ -463,15 +457,17 @@ public final class TapEmitter: Sendable {
         }
         if let last = recs.last {
             s.sentUpTo = last.seq
-            s.lastShip = Clock.monoNanos()
+            s.pacer.shipped(at: Clock.monoNanos())
             out.append(.records(recs))
         }
         return out
     }
 
     static let maxBatch = 8192
-    static let coalesceWhenBusierThanNanos: UInt64 = 100_000
-    static let coalesceMicros: UInt64 = 200
+    /// About 5,000 shipments a second at most, sustained: each costs the tap and the keeper
+    /// some 30 µs of CPU on these machines.
+    static let shipIntervalNanos: UInt64 = 200_000
+    static let shipBurst: UInt64 = 4
 
     func readAcks(_ ch: JournalChannel) {
         while true {
