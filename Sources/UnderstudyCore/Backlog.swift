@@ -1,4 +1,5 @@
 import JournalWire
+import UnderstudyPosix
 
 /// The keeper's bounded in-memory journal: the last records of this run, by offset.
 ///
@@ -10,8 +11,9 @@ struct Backlog {
     /// allocator rounding. Used for the bound and reported in status.
     static let overheadPerRecord = 80
 
-    private(set) var records: [StreamRecord] = []
-    private var head = 0
+    /// Chunked, so neither growth nor the oldest records falling off ever moves the rest
+    /// under the keeper's lock (see `ChunkedQueue`).
+    private(set) var records = ChunkedQueue<StreamRecord>()
     /// Offset of the next record to append; offsets start at 1 in every run.
     private(set) var nextOffset: UInt64 = 1
     private(set) var bytes = 0
@@ -19,9 +21,9 @@ struct Backlog {
 
     init(limitBytes: Int) { self.limitBytes = limitBytes }
 
-    var count: Int { records.count - head }
+    var count: Int { records.count }
     /// The oldest offset still held (== nextOffset when empty).
-    var firstOffset: UInt64 { head < records.count ? records[head].offset : nextOffset }
+    var firstOffset: UInt64 { records.first?.offset ?? nextOffset }
     var lastOffset: UInt64 { nextOffset - 1 }
 
     @discardableResult
@@ -30,13 +32,9 @@ struct Backlog {
         nextOffset += 1
         records.append(StreamRecord(offset: off, stampNanos: stamp, op: op, key: key))
         bytes += key.count + Self.overheadPerRecord
-        while bytes > limitBytes && head < records.count - 1 {
-            bytes -= records[head].key.count + Self.overheadPerRecord
-            head += 1
-        }
-        if head > 65536 && head * 2 > records.count {
-            records.removeFirst(head)
-            head = 0
+        while bytes > limitBytes && records.count > 1, let oldest = records.first {
+            bytes -= oldest.key.count + Self.overheadPerRecord
+            records.removeFirst(1)
         }
         return off
     }
@@ -47,8 +45,6 @@ struct Backlog {
     /// Up to `max` records starting at `offset`; nil if they have already fallen off.
     func read(from offset: UInt64, max: Int) -> [StreamRecord]? {
         guard covers(offset) else { return nil }
-        let start = head + Int(offset - firstOffset)
-        let end = start + Swift.min(records.count - start, max)
-        return start < end ? Array(records[start..<end]) : []
+        return records.elements(from: Int(offset - firstOffset), max: max)
     }
 }

@@ -19,8 +19,9 @@ final class Follower: Sendable {
     }
 
     struct State {
-        var queue: [StreamRecord] = []
-        var head = 0
+        /// Received, not yet applied; the buffer of a full sync, which may grow to millions.
+        /// Chunked: see `ChunkedQueue`.
+        var queue = ChunkedQueue<StreamRecord>()
         var runID: UInt64?
         var received: UInt64 = 0
         var applied: UInt64 = 0
@@ -45,7 +46,7 @@ final class Follower: Sendable {
         /// moment a full sync is needed until one finishes). Only a valid copy is persisted.
         var copyValid = false
 
-        var pending: Int { queue.count - head }
+        var pending: Int { queue.count }
 
         /// In sync, like Redis's link "up" with no sync in progress: connected, holding a
         /// complete copy and applying the stream. How far behind is `lag*`, reported apart.
@@ -239,7 +240,6 @@ final class Follower: Sendable {
             s.channel = ch
             s.ackSent = nil
             s.queue.removeAll()
-            s.head = 0
             s.lastError = nil
         }
         return ch
@@ -304,14 +304,8 @@ final class Follower: Sendable {
             }
             let (batch, live) = state.wait(until: { $0.pending > 0 || !$0.connected || $0.stopping || $0.draining || $0.fullSyncReason != nil },
                                            timeoutMs: 200) { s, _ -> ([StreamRecord], Bool) in
-                let n = min(s.pending, options.batchSize)
-                let b = Array(s.queue[s.head..<(s.head + n)])
-                s.head += n
-                if s.head > 100_000 && s.head * 2 > s.queue.count {
-                    s.queue.removeFirst(s.head)
-                    s.head = 0
-                }
-                if n == 0 && s.connected && s.fullSyncReason == nil { s.lagMs = 0 }
+                let b = s.queue.popFirst(max: options.batchSize)
+                if b.isEmpty && s.connected && s.fullSyncReason == nil { s.lagMs = 0 }
                 s.markStreaming()
                 return (b, s.connected)
             }

@@ -55,8 +55,9 @@ public final class TapEmitter: Sendable {
     }
 
     struct State {
-        var pending: [TapRecord] = []
-        var head = 0
+        /// Records not yet acknowledged, oldest first, with consecutive seqs (an overflow
+        /// empties it). Chunked: see `ChunkedQueue`.
+        var pending = ChunkedQueue<TapRecord>()
         var nextSeq: UInt64 = 1
         var acked: UInt64 = 0
         var sentUpTo: UInt64 = 0
@@ -85,7 +86,7 @@ public final class TapEmitter: Sendable {
         var pacer = ShipPacer(intervalNanos: TapEmitter.shipIntervalNanos, burst: TapEmitter.shipBurst)
         var lastError = ""
 
-        var unacked: Int { pending.count - head }
+        var unacked: Int { pending.count }
 
         /// When records queued at `now` may go to the keeper (monotonic ns). Async records
         /// follow the pacer, so a busy tap sends batches; nobody waits on them. Sync writers
@@ -95,7 +96,7 @@ public final class TapEmitter: Sendable {
             async ? pacer.due(now: now) : now
         }
         /// Records buffered but not yet sent on this connection.
-        var hasUnsent: Bool { unacked > 0 && pending.last!.seq > sentUpTo }
+        var hasUnsent: Bool { (pending.last?.seq ?? 0) > sentUpTo }
 
         /// The keeper connection is gone: a sync write waiting on it now is refused
         /// (`lastDisconnectSeq`), and nothing is known of the follower.
@@ -111,11 +112,7 @@ public final class TapEmitter: Sendable {
                 counters.acked += seq - acked
                 acked = seq
             }
-            while head < pending.count && pending[head].seq <= acked { head += 1 }
-            if head > 4096 && head * 2 > pending.count {
-                pending.removeFirst(head)
-                head = 0
-            }
+            if let first = pending.first?.seq, first <= acked { pending.removeFirst(Int(acked - first + 1)) }
             if let g = gap, g.lastSeq <= acked { gap = nil }
         }
     }
@@ -201,14 +198,13 @@ public final class TapEmitter: Sendable {
         if s.unacked >= options.capacity {
             // Everything not yet acknowledged will be covered by the follower's resync;
             // keep one gap that spans it all, and start buffering afresh after it.
-            let from = s.gap?.fromSeq ?? s.pending[s.head].seq
+            let from = s.gap?.fromSeq ?? s.pending.first?.seq ?? seq
             let lost = seq - from + 1
             if s.gap == nil { s.counters.gaps += 1 }
             s.counters.overflowed += UInt64(s.unacked) + 1
             s.gap = PendingGap(fromSeq: from, lost: lost)
             s.gapSent = false
-            s.pending.removeAll(keepingCapacity: true)
-            s.head = 0
+            s.pending.removeAll()
             Log.warning("tap", "journal buffer full (\(options.capacity) records): reporting a gap of \(lost) records from seq \(from); the follower will resync")
         } else {
             s.pending.append(TapRecord(seq: seq, op: op, key: key))
@@ -447,14 +443,11 @@ public final class TapEmitter: Sendable {
             s.gapSent = true
             out.append(.tapGap(fromSeq: g.fromSeq, lost: g.lost))
         }
-        var recs: [TapRecord] = []
-        var i = s.head
-        while i < s.pending.count && s.pending[i].seq <= s.sentUpTo { i += 1 }
-        recs.reserveCapacity(min(s.pending.count - i, Self.maxBatch))
-        while i < s.pending.count && recs.count < Self.maxBatch {
-            recs.append(s.pending[i])
-            i += 1
-        }
+        // Seqs in `pending` are consecutive, so the first unsent one is found by arithmetic,
+        // not by walking the sent ones: a keeper that stops acknowledging would otherwise
+        // make every batch walk all it had not acknowledged.
+        let first = s.pending.first?.seq ?? s.sentUpTo + 1
+        let recs = s.pending.elements(from: s.sentUpTo >= first ? Int(s.sentUpTo - first + 1) : 0, max: Self.maxBatch)
         if let last = recs.last {
             s.sentUpTo = last.seq
             s.pacer.shipped(at: Clock.monoNanos())

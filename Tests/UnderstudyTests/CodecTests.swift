@@ -1,6 +1,7 @@
 import JournalWire
 import MemcacheProtocol
 import Testing
+import UnderstudyPosix
 @testable import UnderstudyCore
 
 @Suite("memcached codec (no sockets)")
@@ -176,6 +177,25 @@ struct JournalWireTests {
         #expect(b.read(from: 15, max: 5) == nil)
         #expect(b.read(from: 24, max: 5)?.map(\.offset) == [24, 25])
         #expect(b.read(from: 26, max: 5) == [])
+    }
+
+    @Test func backlogAcrossManyChunks() {
+        // Room for 10,000 one-byte-key records, fed 50,000: the oldest fall off a record at a
+        // time while reads straddle the queue's chunk edges.
+        var b = Backlog(limitBytes: 10_000 * (Backlog.overheadPerRecord + 1))
+        for i in 0..<50_000 { b.append(.write, key: [UInt8(i & 0xff)], stamp: Int64(i)) }
+        #expect(b.count == 10_000)
+        #expect(b.firstOffset == 40_001 && b.lastOffset == 50_000)
+        #expect(b.read(from: 40_000, max: 1) == nil)
+        // Offsets start at 1, so a chunk ends at each multiple of the chunk size.
+        let edge = UInt64(ChunkedQueue<StreamRecord>.chunkSize) * 10
+        #expect(edge > 40_004 && edge < 49_990)
+        let span = b.read(from: edge - 3, max: 8) ?? []
+        #expect(span.map(\.offset) == Array((edge - 3)...(edge + 4)))
+        #expect(span.map(\.stampNanos) == span.map { Int64($0.offset - 1) })
+        let all = b.read(from: 40_001, max: 20_000) ?? []
+        #expect(all.count == 10_000 && all.first?.offset == 40_001 && all.last?.offset == 50_000)
+        #expect(zip(all, all.dropFirst()).allSatisfy { $0.offset + 1 == $1.offset })
     }
 }
 
