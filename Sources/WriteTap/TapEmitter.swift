@@ -95,6 +95,15 @@ public final class TapEmitter: Sendable {
         func shipDue(now: UInt64, async: Bool) -> UInt64 {
             async ? pacer.due(now: now) : now
         }
+        /// How many buffered records have a seq at or below `seq`: found by arithmetic, as
+        /// their seqs are consecutive, not by walking them (a keeper that stopped
+        /// acknowledging would make every batch walk all it had not acknowledged). Clamped,
+        /// so a keeper's wild ack cannot trap.
+        func countThrough(_ seq: UInt64) -> Int {
+            guard let first = pending.first?.seq, seq >= first else { return 0 }
+            return seq - first >= UInt64(pending.count) ? pending.count : Int(seq - first + 1)
+        }
+
         /// Records buffered but not yet sent on this connection.
         var hasUnsent: Bool { (pending.last?.seq ?? 0) > sentUpTo }
 
@@ -112,7 +121,7 @@ public final class TapEmitter: Sendable {
                 counters.acked += seq - acked
                 acked = seq
             }
-            if let first = pending.first?.seq, first <= acked { pending.removeFirst(Int(acked - first + 1)) }
+            pending.removeFirst(countThrough(acked))
             if let g = gap, g.lastSeq <= acked { gap = nil }
         }
     }
@@ -443,11 +452,7 @@ public final class TapEmitter: Sendable {
             s.gapSent = true
             out.append(.tapGap(fromSeq: g.fromSeq, lost: g.lost))
         }
-        // Seqs in `pending` are consecutive, so the first unsent one is found by arithmetic,
-        // not by walking the sent ones: a keeper that stops acknowledging would otherwise
-        // make every batch walk all it had not acknowledged.
-        let first = s.pending.first?.seq ?? s.sentUpTo + 1
-        let recs = s.pending.elements(from: s.sentUpTo >= first ? Int(s.sentUpTo - first + 1) : 0, max: Self.maxBatch)
+        let recs = s.pending.elements(from: s.countThrough(s.sentUpTo), max: Self.maxBatch)
         if let last = recs.last {
             s.sentUpTo = last.seq
             s.pacer.shipped(at: Clock.monoNanos())
@@ -474,22 +479,31 @@ public final class TapEmitter: Sendable {
                 // Every frame is proof the keeper lives. Only what sync writers wait on wakes
                 // them: an applied seq, or the sync state, which is also the keepalive that
                 // answers writes waiting for proof of life. Acks just free the buffer.
-                let progressed = state.update(signalling: { s in
+                // An ack or applied seq past what this connection sent would free, or answer,
+                // records the keeper never had: a broken keeper, refused rather than believed.
+                let (progressed, beyond) = state.update(signalling: { s -> ((Bool, UInt64?), wake: Bool) in
                     s.lastHeard = now
                     switch m {
                     case .tapAck(let seq):
+                        guard seq <= s.sentUpTo else { return ((false, seq), false) }
                         s.trim(upTo: seq)
-                        return (false, false)
+                        return ((false, nil), false)
                     case .tapApplied(let seq):
+                        guard seq <= s.sentUpTo else { return ((false, seq), false) }
                         s.applied = max(s.applied, seq)
-                        return (true, true)
+                        return ((true, nil), true)
                     case .syncState(let ok):
                         s.followerInSync = ok
-                        return (true, true)
+                        return ((true, nil), true)
                     default:
-                        return (false, false)
+                        return ((false, nil), false)
                     }
                 })
+                if let beyond {
+                    let sent = state.withLock { $0.sentUpTo }
+                    Log.warning("tap", "keeper \(ch.peer) answered seq \(beyond), beyond the last sent (\(sent)); dropping the connection")
+                    throw JournalChannel.ReceiveError.journal(.unexpected("keeper answered seq \(beyond), beyond the last sent (\(sent))"))
+                }
                 if progressed { notifySyncWatchers() }
             } catch {
                 let text = "\(error)"

@@ -125,6 +125,38 @@ struct TapEmitterTests {
         #expect(keeper.state.withLock { $0.keeper }!.state.withLock { $0.counters.gaps } == 1)
     }
 
+    /// A keeper acknowledging records it was never sent would make the tap free them
+    /// unreplicated: the tap drops that connection instead, and keeps the records to resend.
+    @Test func ackBeyondWhatWasSentIsRefusedNotBelieved() throws {
+        let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let seen = Monitor<(records: Int, closedAfterBadAck: Bool)>((0, false))
+        Threads.start("fake-keeper") {
+            // The first connection only: the tap reconnects after dropping it.
+            guard let s = try? listener.accept() else { return }
+            let ch = JournalChannel(s)
+            defer { ch.close() }
+            guard (try? Handshake.accept(ch, secret: [], epoch: 0)) == .tap,
+                  case .tapStart? = try? ch.receive(), (try? ch.send(.tapWelcome(runID: 7, ackedSeq: 0))) != nil,
+                  case .records(let recs)? = try? ch.receive() else { return }
+            seen.update { $0.records = recs.count }
+            try? ch.send(.tapAck(seq: 1_000_000))
+            // The tap must hang up: a read that ends (within the 5 s bound) is the proof.
+            try? s.setIOTimeout(milliseconds: 5000)
+            while case .some = try? ch.receive() {}
+            seen.update { $0.closedAfterBadAck = true }
+        }
+        let emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: listener.port)))
+        defer { emitter.stop() }
+        for i in 0..<3 { emitter.emit(.write, key: Array("k\(i)".utf8)) }
+        let done = seen.wait(until: { $0.closedAfterBadAck }, timeoutMs: 10_000) { s, _ in s }
+        #expect(done.records > 0, "the tap should have sent its records")
+        #expect(done.closedAfterBadAck, "the tap should drop a keeper that acks what it never sent")
+        #expect(emitter.ackedSeq == 0)
+        #expect(emitter.counters.acked == 0)
+        #expect(emitter.lastSeq == 3)
+    }
+
     @Test func syncModeWithoutFollowerDegradesOrRefuses() throws {
         let sync = try TapHarness(mode: .sync, syncTimeoutMs: 500)
         let c = try MemcacheConnection(sync.endpoint)
