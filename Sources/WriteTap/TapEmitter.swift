@@ -154,11 +154,12 @@ public final class TapEmitter: Sendable {
     @discardableResult
     public func emit(_ op: RecordOp, key: [UInt8]) -> UInt64 {
         let sendsItself = options.mode != .async
-        let (seq, channel) = state.update(signalling: { s -> ((UInt64, JournalChannel?), wake: Bool) in
-            let seq = emitLocked(&s, op, key)
+        let (seq, channel, overflowed) = state.update(signalling: { s -> ((UInt64, JournalChannel?, ChunkedQueue<TapRecord>?), wake: Bool) in
+            let (seq, overflowed) = emitLocked(&s, op, key)
             if !sendsItself { s.senderWanted = true }
-            return ((seq, sendsItself ? s.channel : nil), !sendsItself && s.senderIdle)
+            return ((seq, sendsItself ? s.channel : nil, overflowed), !sendsItself && s.senderIdle)
         })
+        release(overflowed)
         // A sync writer is about to wait for this record anyway: it sends it itself rather
         // than wait for the sender thread to be scheduled. If it cannot (another thread is
         // sending, or the socket is full), the sender takes over.
@@ -170,10 +171,20 @@ public final class TapEmitter: Sendable {
     /// each turn, once it has answered its clients.
     @discardableResult
     public func emitQueued(_ op: RecordOp, key: [UInt8]) -> UInt64 {
-        state.withLock { s in
+        let (seq, overflowed) = state.withLock { s in
             loopRecordsUnsent.store(true, ordering: .relaxed)
             return emitLocked(&s, op, key)
         }
+        release(overflowed)
+        return seq
+    }
+
+    /// Frees the records an overflow discarded, outside the lock. There are up to `capacity`
+    /// of them (a million by default: 37 ms to free in a debug build); freed under the lock,
+    /// they stalled every other loop and the sender too. The thread that overflowed still
+    /// pays, once.
+    private func release(_ discarded: consuming ChunkedQueue<TapRecord>?) {
+        _ = consume discarded
     }
 
     /// Sends what `emitQueued` left, from the calling thread, when it is due (`State.shipDue`);
@@ -200,7 +211,9 @@ public final class TapEmitter: Sendable {
         if !channel.sendNow({ state.withLock { takeBatch(&$0) } }) { state.update { $0.senderWanted = true } }
     }
 
-    private func emitLocked(_ s: inout State, _ op: RecordOp, _ key: [UInt8]) -> UInt64 {
+    /// Returns the record's seq and, after an overflow, the records it discarded, for the
+    /// caller to free once it has let go of the lock (`release`).
+    private func emitLocked(_ s: inout State, _ op: RecordOp, _ key: [UInt8]) -> (UInt64, ChunkedQueue<TapRecord>?) {
         let seq = s.nextSeq
         s.nextSeq += 1
         s.counters.emitted += 1
@@ -213,12 +226,13 @@ public final class TapEmitter: Sendable {
             s.counters.overflowed += UInt64(s.unacked) + 1
             s.gap = PendingGap(fromSeq: from, lost: lost)
             s.gapSent = false
-            s.pending.removeAll()
+            let discarded = s.pending
+            s.pending = ChunkedQueue()
             Log.warning("tap", "journal buffer full (\(options.capacity) records): reporting a gap of \(lost) records from seq \(from); the follower will resync")
-        } else {
-            s.pending.append(TapRecord(seq: seq, op: op, key: key))
+            return (seq, discarded)
         }
-        return seq
+        s.pending.append(TapRecord(seq: seq, op: op, key: key))
+        return (seq, nil)
     }
 
     public enum SyncOutcome: Equatable, Sendable {
