@@ -8,26 +8,26 @@ struct ShipPacerTests {
     static let us: UInt64 = 1000
     static let start: UInt64 = 1_000_000_000
 
+    static func pacer(burst: UInt64) -> ShipPacer { ShipPacer(intervalNanos: 200 * us, burst: burst) }
+
+    /// Expects records queued at `now` to be due at once, and ships them then.
+    static func shipsAtOnce(_ p: inout ShipPacer, at now: UInt64, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(p.due(now: now) == now, sourceLocation: sourceLocation)
+        p.shipped(at: now)
+    }
+
     @Test func quietTapShipsAtOnce() {
-        var p = ShipPacer(intervalNanos: 200 * Self.us, burst: 4)
-        var now = Self.start
+        var p = Self.pacer(burst: 4)
         // One shipment every 300 µs stays under the pace: never delayed.
-        for _ in 0..<100 {
-            #expect(p.due(now: now) == now)
-            p.shipped(at: now)
-            now += 300 * Self.us
-        }
+        for i in 0..<UInt64(100) { Self.shipsAtOnce(&p, at: Self.start + i * 300 * Self.us) }
     }
 
     @Test func burstThenSustainedPace() {
-        var p = ShipPacer(intervalNanos: 200 * Self.us, burst: 4)
+        var p = Self.pacer(burst: 4)
         let now = Self.start
         // Four shipments at the same instant are allowed; the fifth waits one interval
         // past the burst's start.
-        for _ in 0..<4 {
-            #expect(p.due(now: now) == now)
-            p.shipped(at: now)
-        }
+        for _ in 0..<4 { Self.shipsAtOnce(&p, at: now) }
         #expect(p.due(now: now) == now + 200 * Self.us)
         // Flat out from there: each shipment made when due makes the next due one interval on.
         var t = p.due(now: now)
@@ -41,27 +41,22 @@ struct ShipPacerTests {
 
     @Test func writesCloseTogetherAfterAQuietSpellAreNotDelayed() {
         // The rule this replaced held back any write within 100 µs of the last shipment.
-        var p = ShipPacer(intervalNanos: 200 * Self.us, burst: 4)
-        var now = Self.start
-        p.shipped(at: now)
-        now += 50 * Self.us
-        #expect(p.due(now: now) == now)
-        p.shipped(at: now)
-        now += 50 * Self.us
-        #expect(p.due(now: now) == now)
+        var p = Self.pacer(burst: 4)
+        p.shipped(at: Self.start)
+        Self.shipsAtOnce(&p, at: Self.start + 50 * Self.us)
+        #expect(p.due(now: Self.start + 100 * Self.us) == Self.start + 100 * Self.us)
     }
 
     @Test func aShipmentStampedEarlierByAnotherThreadNeverMovesThePaceBack() {
-        var p = ShipPacer(intervalNanos: 200 * Self.us, burst: 1)
+        var p = Self.pacer(burst: 1)
         p.shipped(at: Self.start + 1000 * Self.us)
         p.shipped(at: Self.start)
         #expect(p.due(now: Self.start) == Self.start + 1400 * Self.us)
     }
 
     @Test func burstOfOneIsAStrictPace() {
-        var p = ShipPacer(intervalNanos: 200 * Self.us, burst: 1)
-        #expect(p.due(now: Self.start) == Self.start)
-        p.shipped(at: Self.start)
+        var p = Self.pacer(burst: 1)
+        Self.shipsAtOnce(&p, at: Self.start)
         #expect(p.due(now: Self.start + 10 * Self.us) == Self.start + 200 * Self.us)
         #expect(p.due(now: Self.start + 250 * Self.us) == Self.start + 250 * Self.us)
     }
