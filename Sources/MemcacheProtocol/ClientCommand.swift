@@ -64,18 +64,21 @@ public struct ClientCommand: Sendable, Equatable {
     /// allocation and a retain and release per token, on every proxied request (a fifth of
     /// the tap's instructions went to parsing). Only what the command keeps (its key) is copied.
     public static func parse(_ line: [UInt8], maxItemSize: Int) -> ClientCommand {
-        line.withUnsafeBytes { raw in
-            // A token needs at least one byte and a separator: this bounds the count.
-            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: raw.count / 2 + 1) { slots in
-                var n = 0
-                var scanner = TokenScanner(raw)
-                while let t = scanner.next() {
-                    slots[n] = t
-                    n += 1
-                }
-                guard n > 0 else { return local("ERROR") }
-                return classify(name: slots[0], UnsafeBufferPointer(rebasing: slots[1..<n]), maxItemSize: maxItemSize)
+        line.withUnsafeBytes { parse($0, maxItemSize: maxItemSize) }
+    }
+
+    /// Classifies a line read in place (a proxy's input buffer), copying only the key.
+    public static func parse(_ raw: UnsafeRawBufferPointer, maxItemSize: Int) -> ClientCommand {
+        // A token needs at least one byte and a separator: this bounds the count.
+        withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: raw.count / 2 + 1) { slots in
+            var n = 0
+            var scanner = TokenScanner(raw)
+            while let t = scanner.next() {
+                slots[n] = t
+                n += 1
             }
+            guard n > 0 else { return local("ERROR") }
+            return classify(name: slots[0], UnsafeBufferPointer(rebasing: slots[1..<n]), maxItemSize: maxItemSize)
         }
     }
 
@@ -84,19 +87,19 @@ public struct ClientCommand: Sendable, Equatable {
     /// `args` point into the request line: valid only during this call, so whatever a
     /// command keeps is copied out.
     private static func classify(name token: UnsafeRawBufferPointer, _ args: Args, maxItemSize: Int) -> ClientCommand {
-        let name = String(decoding: token, as: UTF8.self)
-        switch name {
-        case "set", "add", "replace", "append", "prepend", "cas":
-            return storage(name, args, maxItemSize: maxItemSize)
-        case "get", "gets":
+        guard let verb = Verb(token) else { return local("ERROR") }
+        switch verb {
+        case .set, .add, .replace, .append, .prepend, .cas:
+            return storage(verb, args, maxItemSize: maxItemSize)
+        case .get, .gets:
             guard !args.isEmpty, args.allSatisfy({ Key.isPlain($0) }) else { return local(badFormat) }
             return ClientCommand(reply: .values, quiet: false)
-        case "gat", "gats":
+        case .gat, .gats:
             guard args.count >= 2, Bytes.parseInt(args[0]) != nil, args.dropFirst().allSatisfy({ Key.isPlain($0) }) else {
                 return local(badFormat)
             }
             return ClientCommand(reply: .values, quiet: false, effect: .touchHits)
-        case "delete":
+        case .delete:
             guard let key = args.first, Key.isPlain(key) else { return local(badFormat) }
             // memcached accepts a legacy "0" time argument, and nothing else.
             let rest = args.dropFirst().filter { !Bytes.equals($0, "noreply") }
@@ -104,40 +107,38 @@ public struct ClientCommand: Sendable, Equatable {
                 return local("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
             }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .delete(Array(key)))
-        case "incr", "decr":
+        case .incr, .decr:
             guard args.count >= 2, Key.isPlain(args[0]) else { return local("ERROR") }
             guard Bytes.parseUInt(args[1]) != nil else { return local("CLIENT_ERROR invalid numeric delta argument") }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .write(Array(args[0])))
-        case "touch":
+        case .touch:
             guard args.count >= 2, Key.isPlain(args[0]), Bytes.parseInt(args[1]) != nil else { return local("ERROR") }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .touch(Array(args[0])))
-        case "flush_all":
+        case .flushAll:
             let delay = args.first.flatMap { Bytes.equals($0, "noreply") ? nil : Array($0) } ?? []
             if !delay.isEmpty && Bytes.parseInt(delay) == nil { return local(badFormat) }
             return ClientCommand(reply: .line, quiet: isNoreply(args), effect: .flush(delay: delay))
-        case "mg", "ms", "md", "ma":
-            return meta(name, args, maxItemSize: maxItemSize)
-        case "mn":
+        case .mg, .ms, .md, .ma:
+            return meta(verb, args, maxItemSize: maxItemSize)
+        case .mn:
             var c = ClientCommand(reply: .meta, quiet: false)
             c.isNoop = true
             return c
-        case "me":
+        case .me:
             return ClientCommand(reply: .line, quiet: false)
-        case "version", "verbosity", "cache_memlimit", "slabs", "shutdown", "misbehave":
+        case .version, .verbosity, .cacheMemlimit, .slabs, .shutdown, .misbehave:
             return ClientCommand(reply: .line, quiet: isNoreply(args))
-        case "stats":
+        case .stats:
             return ClientCommand(reply: .untilEnd, quiet: false)
-        case "lru_crawler":
+        case .lruCrawler:
             if let sub = args.first, Bytes.equals(sub, "metadump") || Bytes.equals(sub, "mgdump") {
                 return ClientCommand(reply: .untilEndLF, quiet: false)
             }
             return ClientCommand(reply: .line, quiet: false)
-        case "quit":
+        case .quit:
             return ClientCommand(reply: .close, quiet: false)
-        case "watch":
+        case .watch:
             return local("CLIENT_ERROR watch is not supported through the understudy tap")
-        default:
-            return local("ERROR")
         }
     }
 
@@ -145,11 +146,11 @@ public struct ClientCommand: Sendable, Equatable {
         args.last.map { Bytes.equals($0, "noreply") } ?? false
     }
 
-    static func storage(_ name: String, _ args: Args, maxItemSize: Int) -> ClientCommand {
-        let want = name == "cas" ? 5 : 4
+    static func storage(_ verb: Verb, _ args: Args, maxItemSize: Int) -> ClientCommand {
+        let want = verb == .cas ? 5 : 4
         guard args.count == want || args.count == want + 1 else { return local("ERROR") }
         guard let len = Bytes.parseInt(args[3]), Bytes.parseUInt(args[1]) != nil, Bytes.parseInt(args[2]) != nil,
-              name != "cas" || Bytes.parseUInt(args[4]) != nil else {
+              verb != .cas || Bytes.parseUInt(args[4]) != nil else {
             return local(badFormat)
         }
         guard len >= 0, len <= Int64(Int32.max) - 2 else { return local(badFormat) }
@@ -161,11 +162,11 @@ public struct ClientCommand: Sendable, Equatable {
         return ClientCommand(reply: .line, quiet: isNoreply(args), dataLength: Int(len), effect: .write(key))
     }
 
-    static func meta(_ name: String, _ args: Args, maxItemSize: Int) -> ClientCommand {
+    static func meta(_ verb: Verb, _ args: Args, maxItemSize: Int) -> ClientCommand {
         guard let keyTok = args.first else { return local(badFormat) }
         var flags = args.dropFirst()
         var dataLength: Int?
-        if name == "ms" {
+        if verb == .ms {
             guard let lt = flags.first, let len = Bytes.parseUInt(lt), len <= UInt64(Int32.max) - 2 else { return local(badFormat) }
             dataLength = Int(len)
             flags = flags.dropFirst()
@@ -183,9 +184,9 @@ public struct ClientCommand: Sendable, Equatable {
         }
         if let dataLength, dataLength > maxItemSize { return local("SERVER_ERROR object too large for cache", swallow: dataLength) }
         let effect: Effect
-        switch name {
-        case "ms", "ma": effect = .write(key)
-        case "md": effect = .delete(key)
+        switch verb {
+        case .ms, .ma: effect = .write(key)
+        case .md: effect = .delete(key)
         default: effect = .metaGet(key: key, touches: has("T"), vivifies: has("N"))
         }
         return ClientCommand(reply: .meta, quiet: has("q"), dataLength: dataLength, effect: effect)

@@ -66,12 +66,7 @@ final class TextSession: ProxySession {
                 let len = cmd.dataLength!
                 guard input.count >= len + 2 else { break }
                 awaitingData = nil
-                if input.byte(at: len) != 0x0D || input.byte(at: len + 1) != 0x0A {
-                    input.consume(len + 2)
-                    handle(c, line, data: 0, .local("CLIENT_ERROR bad data chunk", quiet: cmd.quiet))
-                } else {
-                    handle(c, line, data: len + 2, cmd)
-                }
+                takeDataBlock(c, .saved(line), len, cmd)
                 continue
             }
             // memcached ends a request line at LF, with or without CR.
@@ -84,46 +79,84 @@ final class TextSession: ProxySession {
                 inFlight.answer(Array("ERROR\r\n".utf8), to: c)
                 continue
             }
-            let end = length > 0 && input.byte(at: length - 1) == 0x0D ? length - 1 : length
-            let line = input.bytes(0..<end)
-            input.consume(total)
-            let cmd = ClientCommand.parse(line, maxItemSize: maxItemSize)
+            let crlf = length > 0 && input.byte(at: length - 1) == 0x0D
+            let end = crlf ? length - 1 : length
+            let cmd = input.withBytes(0..<end) { ClientCommand.parse($0, maxItemSize: maxItemSize) }
             if let len = cmd.dataLength {
                 if cmd.localReply != nil {
+                    input.consume(total)
                     discarding = len + 2
                     if !cmd.quiet { inFlight.answer(cmd.localReply!, to: c) }
+                } else if crlf && input.count >= total + len + 2 {
+                    takeDataBlock(c, .buffered(line: total), len, cmd)
                 } else {
-                    awaitingData = (line, cmd)
+                    awaitingData = (input.bytes(0..<end), cmd)
+                    input.consume(total)
                 }
                 continue
             }
-            handle(c, line, data: 0, cmd)
+            if crlf {
+                handle(c, .buffered(line: total), data: 0, cmd)
+            } else {
+                // Forwarded with the CRLF memcached's other clients send.
+                let line = input.bytes(0..<end)
+                input.consume(total)
+                handle(c, .saved(line), data: 0, cmd)
+            }
         }
         // Input ran dry (or the client quit): prove the quiet writes landed now rather than
         // whenever the client next speaks.
         if unfenced != nil { closeGroup(c) }
     }
 
-    /// One complete request; `data` bytes of its data block (with CRLF) lead `c.clientIn`.
-    private func handle(_ c: TapConnection, _ line: [UInt8], data: Int, _ cmd: ClientCommand) {
+    /// Where a request's line is: still at the head of the client's input (`line` bytes with
+    /// its CRLF, the usual case: forwarded from there with its data in one copy), or copied
+    /// out because its data block had not arrived.
+    private enum RequestLine {
+        case buffered(line: Int)
+        case saved([UInt8])
+    }
+
+    /// A storage request whose data block (`len` bytes and CRLF) follows its line in the input.
+    private func takeDataBlock(_ c: TapConnection, _ line: RequestLine, _ len: Int, _ cmd: ClientCommand) {
+        let input = c.clientIn
+        var at = 0
+        if case .buffered(let n) = line { at = n }
+        guard input.byte(at: at + len) == 0x0D && input.byte(at: at + len + 1) == 0x0A else {
+            input.consume(at + len + 2)
+            handle(c, .buffered(line: 0), data: 0, .local("CLIENT_ERROR bad data chunk", quiet: cmd.quiet))
+            return
+        }
+        handle(c, line, data: len + 2, cmd)
+    }
+
+    /// One complete request: its line, then `data` bytes of its data block (with CRLF), lead
+    /// `c.clientIn` (the line only if it is `.buffered`). Whatever it does, it consumes them.
+    private func handle(_ c: TapConnection, _ line: RequestLine, data: Int, _ cmd: ClientCommand) {
+        var size = data
+        if case .buffered(let n) = line { size += n }
         if let reply = cmd.localReply {
+            c.clientIn.consume(size)
             // memcached stays silent about refused storage under noreply; match it.
             if !cmd.quiet { inFlight.answer(reply, to: c) }
             return
         }
         if cmd.reply == .close {
+            c.clientIn.consume(size)
             wantsClose = true
             return
         }
         if unfenced != nil && !cmd.quiet && !cmd.isNoop { closeGroup(c) }
         if let failure = c.ensureUpstream() {
-            c.clientIn.consume(data)
+            c.clientIn.consume(size)
             if !cmd.quiet { inFlight.answer(Array("SERVER_ERROR \(failure)\r\n".utf8), to: c) }
             return
         }
-        c.forward(line)
-        c.forward("\r\n")
-        if data > 0 { c.forwardClientBytes(data) }
+        if case .saved(let bytes) = line {
+            c.forward(bytes)
+            c.forward("\r\n")
+        }
+        if size > 0 { c.forwardClientBytes(size) }
         if cmd.quiet {
             unfenced.openOrAppend(cmd.effect)
             return

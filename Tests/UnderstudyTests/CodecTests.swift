@@ -1,5 +1,5 @@
 import JournalWire
-import MemcacheProtocol
+@testable import MemcacheProtocol
 import Testing
 import UnderstudyPosix
 @testable import UnderstudyCore
@@ -80,6 +80,21 @@ struct CodecTests {
         try MetaRequest.get([0xff, 0x00], ["v"]).encode(into: &out)
         try MetaRequest.noop.encode(into: &out)
         #expect(String(decoding: out, as: UTF8.self) == "ms k 3 F5 T60 q\r\nabc\r\nmg /wA= v b\r\nmn\r\n")
+    }
+
+    /// Every command name is recognized from its bytes, and nothing else is: no prefix, no
+    /// longer word, no other case (memcached's names are case-sensitive).
+    @Test func verbsMatchExactlyTheirNames() {
+        func verb(_ s: String) -> Verb? { Array(s.utf8).withUnsafeBytes { Verb($0) } }
+        for v in Verb.allCases {
+            #expect(verb(v.name) == v, "\(v.name)")
+            #expect(verb(v.name + "x") == nil, "\(v.name)x")
+            let prefix = String(v.name.dropLast())  // "get" of "gets" is a command of its own
+            #expect(verb(prefix) == Verb.allCases.first { $0.name == prefix }, "\(prefix)")
+            #expect(verb(v.name.uppercased()) == nil, "\(v.name.uppercased())")
+        }
+        #expect(Set(Verb.allCases.map(\.name)).count == Verb.allCases.count)
+        for junk in ["", "m", "mx", "sets", "flush-all", "cache_memlimits", "lru_crawle"] { #expect(verb(junk) == nil, "\(junk)") }
     }
 
     @Test func clientCommandClassification() {

@@ -93,10 +93,18 @@ func runTool(_ exe: String, _ args: [String], stdin: String? = nil, timeout: Dou
 
 /// A raw text-protocol conversation: send bytes, read until `terminator` appears.
 func converse(_ endpoint: Endpoint, _ request: [UInt8], until terminator: String, timeoutMs: Int = 5000) throws -> String {
+    try converse(endpoint, pieces: [request], until: terminator, timeoutMs: timeoutMs)
+}
+
+/// Sends `pieces` 20 ms apart, so a proxy reads each on its own, then reads as `converse` does.
+func converse(_ endpoint: Endpoint, pieces: [[UInt8]], until terminator: String, timeoutMs: Int = 5000) throws -> String {
     let s = try Socket.connect(to: endpoint, timeoutMs: 2000)
     defer { s.close() }
     try s.setIOTimeout(milliseconds: timeoutMs)
-    try s.write(request)
+    for (i, piece) in pieces.enumerated() {
+        if i > 0 { Clock.sleep(milliseconds: 20) }
+        try s.write(piece)
+    }
     let got = try readFrom(s) { String(decoding: $0, as: UTF8.self).hasSuffix(terminator) }
     return String(decoding: got, as: UTF8.self)
 }
