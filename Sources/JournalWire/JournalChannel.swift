@@ -29,9 +29,14 @@ public final class JournalChannel: @unchecked Sendable {
     /// Sends what `build` returns, blocking until it is written. `build` runs under the send
     /// lock, so messages it takes from shared state go out in the order they were taken.
     public func send(_ build: () -> [Message]) throws(StreamError) {
+        try send(encoding: { out in for m in build() { m.frame(into: &out) } })
+    }
+
+    /// `send` for a builder that appends its frames to the output buffer itself.
+    public func send(encoding build: (inout [UInt8]) -> Void) throws(StreamError) {
         try sending.withLock { closed throws(StreamError) in
             if closed { throw StreamError.closed(peer: peer) }
-            for m in build() { stream.write(m.frame()) }
+            stream.write(with: build)
             try stream.flush()
             leftover.store(false, ordering: .releasing)
         }
@@ -44,9 +49,14 @@ public final class JournalChannel: @unchecked Sendable {
     /// writer thread, whose next `send` finishes the job or meets the error (see
     /// `hasLeftover`).
     public func sendNow(_ build: () -> [Message]) -> Bool {
+        sendNow(encoding: { out in for m in build() { m.frame(into: &out) } })
+    }
+
+    /// `sendNow` for a builder that appends its frames to the output buffer itself.
+    public func sendNow(encoding build: (inout [UInt8]) -> Void) -> Bool {
         sending.withLockIfAvailable { closed -> Bool in
             if closed { return false }
-            for m in build() { stream.write(m.frame()) }
+            stream.write(with: build)
             guard let done = try? stream.flushNow() else { return false }
             leftover.store(!done, ordering: .releasing)
             return done

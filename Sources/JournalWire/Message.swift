@@ -1,3 +1,5 @@
+import UnderstudyPosix
+
 /// Every message of the journal protocol (spec: README, "Journal wire protocol").
 ///
 /// A frame is `u32 length | u8 type | payload`, big-endian, length covering type and payload.
@@ -32,6 +34,7 @@ public enum Message: Equatable, Sendable {
 
     public static let version: UInt8 = 1
     public static let maxFrame = 16 << 20
+    static let recordsType: UInt8 = 0x12
 
     var type: UInt8 {
         switch self {
@@ -41,7 +44,7 @@ public enum Message: Equatable, Sendable {
         case .refused: return 0x04
         case .tapStart: return 0x10
         case .tapWelcome: return 0x11
-        case .records: return 0x12
+        case .records: return Self.recordsType
         case .tapAck: return 0x13
         case .tapApplied: return 0x14
         case .tapGap: return 0x15
@@ -59,38 +62,70 @@ public enum Message: Equatable, Sendable {
 
     /// The complete frame, length prefix included.
     public func frame() -> [UInt8] {
-        // One buffer, sized up front, the length patched in at the end: building the body
-        // and then copying it behind its length was most of the tap's allocations per write.
+        var out: [UInt8] = []
+        frame(into: &out)
+        return out
+    }
+
+    /// Appends the complete frame to `out`: a sender's output buffer, so the frame is built
+    /// where it is sent from rather than built and then copied there.
+    public func frame(into out: inout [UInt8]) {
+        Self.appendFrame(type: type, sizeHint: sizeHint, to: &out) { w in
+            switch self {
+            case .hello(let v, let nonce, let epoch): w.raw(Array("USJ".utf8)); w.u8(v); w.raw(nonce); w.u64(epoch)
+            case .auth(let kind, let mac, let nonce): w.u8(kind.rawValue); w.raw(mac); w.raw(nonce)
+            case .authOK(let mac): w.raw(mac)
+            case .refused(let reason): w.short(Array(reason.utf8))
+            case .tapStart(let id): w.short(id)
+            case .tapWelcome(let run, let seq): w.u64(run); w.u64(seq)
+            case .records(let recs): Self.writeRecords(recs, &w)
+            case .tapAck(let s), .tapApplied(let s): w.u64(s)
+            case .tapGap(let from, let lost): w.u64(from); w.u64(lost)
+            case .syncState(let ok): w.u8(ok ? 1 : 0)
+            case .follow(let run, let applied, let epoch): w.u64(run); w.u64(applied); w.u64(epoch)
+            case .resume(let run, let from), .fullSync(let run, let from): w.u64(run); w.u64(from)
+            case .stream(let recs):
+                w.u32(UInt32(recs.count))
+                for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
+            case .followerAck(let a): w.u64(a)
+            case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
+            case .followerAlive: break
+            case .peerInfo(let active, let epoch, let run): w.u8(active ? 1 : 0); w.u64(epoch); w.u64(run)
+            }
+        }
+    }
+
+    /// Appends a `records` frame of the records at `range` of `queue` (a tap's buffer, read in
+    /// place: copying them into an array first cost an allocation and a retain and release
+    /// per record on every shipment). Concrete, not generic: generic code called across
+    /// modules is not specialized, and walked the records through witness tables at some
+    /// 5,000 instructions each.
+    public static func appendRecordsFrame(_ queue: ChunkedQueue<TapRecord>, range: Range<Int>, to out: inout [UInt8]) {
+        appendFrame(type: recordsType, sizeHint: 9 + range.count * (11 + 64), to: &out) { w in
+            writeRecords(queue[range], &w)
+        }
+    }
+
+    private static func writeRecords<C: Collection<TapRecord>>(_ recs: C, _ w: inout WireWriter) {
+        w.u32(UInt32(recs.count))
+        for r in recs { w.u64(r.seq); w.u8(r.op.rawValue); w.short(r.key) }
+    }
+
+    /// One buffer, sized up front, the length patched in at the end: building the body and
+    /// then copying it behind its length was most of the tap's allocations per write.
+    private static func appendFrame(type: UInt8, sizeHint: Int, to out: inout [UInt8], _ body: (inout WireWriter) -> Void) {
         var w = WireWriter()
-        w.bytes.reserveCapacity(sizeHint)
+        swap(&w.bytes, &out)  // moves the buffer, no copy
+        let start = w.bytes.count
+        // Grown geometrically: a buffer that gathers many frames must not be reallocated to
+        // the exact size for each.
+        if w.bytes.capacity < start + sizeHint { w.bytes.reserveCapacity(max(start + sizeHint, 2 * w.bytes.capacity)) }
         w.u32(0)
         w.u8(type)
-        switch self {
-        case .hello(let v, let nonce, let epoch): w.raw(Array("USJ".utf8)); w.u8(v); w.raw(nonce); w.u64(epoch)
-        case .auth(let kind, let mac, let nonce): w.u8(kind.rawValue); w.raw(mac); w.raw(nonce)
-        case .authOK(let mac): w.raw(mac)
-        case .refused(let reason): w.short(Array(reason.utf8))
-        case .tapStart(let id): w.short(id)
-        case .tapWelcome(let run, let seq): w.u64(run); w.u64(seq)
-        case .records(let recs):
-            w.u32(UInt32(recs.count))
-            for r in recs { w.u64(r.seq); w.u8(r.op.rawValue); w.short(r.key) }
-        case .tapAck(let s), .tapApplied(let s): w.u64(s)
-        case .tapGap(let from, let lost): w.u64(from); w.u64(lost)
-        case .syncState(let ok): w.u8(ok ? 1 : 0)
-        case .follow(let run, let applied, let epoch): w.u64(run); w.u64(applied); w.u64(epoch)
-        case .resume(let run, let from), .fullSync(let run, let from): w.u64(run); w.u64(from)
-        case .stream(let recs):
-            w.u32(UInt32(recs.count))
-            for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
-        case .followerAck(let a): w.u64(a)
-        case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
-        case .followerAlive: break
-        case .peerInfo(let active, let epoch, let run): w.u8(active ? 1 : 0); w.u64(epoch); w.u64(run)
-        }
-        let len = UInt32(w.bytes.count - 4)
-        for i in 0..<4 { w.bytes[i] = UInt8(truncatingIfNeeded: len >> UInt32(24 - 8 * i)) }
-        return w.bytes
+        body(&w)
+        let len = UInt32(w.bytes.count - start - 4)
+        for i in 0..<4 { w.bytes[start + i] = UInt8(truncatingIfNeeded: len >> UInt32(24 - 8 * i)) }
+        swap(&w.bytes, &out)
     }
 
     /// Room for the frame: exact for record batches with keys up to 64 bytes, ample otherwise.
@@ -122,7 +157,7 @@ public enum Message: Equatable, Sendable {
             m = .refused(reason: reason)
         case 0x10: m = .tapStart(tapID: try r.short())
         case 0x11: m = .tapWelcome(runID: try r.u64(), ackedSeq: try r.u64())
-        case 0x12:
+        case recordsType:
             let n = try r.u32()
             guard n <= UInt32(maxFrame / 11) else { throw .malformed("record count \(n) too large") }
             var recs: [TapRecord] = []

@@ -147,6 +147,9 @@ public final class ByteStream {
     }
 
     public func write(_ bytes: [UInt8]) { output.append(bytes) }
+    /// Lets `body` append to the output buffer in place (an encoder that would otherwise
+    /// build its bytes only to have them copied here).
+    public func write(with body: (inout [UInt8]) -> Void) { output.append(with: body) }
     public func write(_ text: String) { output.append(text) }
 
     public func flush() throws(StreamError) {

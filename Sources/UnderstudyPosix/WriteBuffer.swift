@@ -10,6 +10,8 @@ public struct WriteBuffer {
 
     public mutating func append(_ more: UnsafeRawBufferPointer) { bytes.append(contentsOf: more) }
     public mutating func append(_ more: [UInt8]) { bytes.append(contentsOf: more) }
+    /// `body` appends to the pending bytes; it must not remove any.
+    public mutating func append(with body: (inout [UInt8]) -> Void) { body(&bytes) }
     public mutating func append(_ text: String) { bytes.append(contentsOf: text.utf8) }
     public mutating func append(_ text: StaticString) {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }

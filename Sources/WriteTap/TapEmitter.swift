@@ -208,7 +208,9 @@ public final class TapEmitter: Sendable {
     }
 
     private func ship(_ channel: JournalChannel) {
-        if !channel.sendNow({ state.withLock { takeBatch(&$0) } }) { state.update { $0.senderWanted = true } }
+        if !channel.sendNow(encoding: { out in state.withLock { _ = takeBatch(&$0, into: &out) } }) {
+            state.update { $0.senderWanted = true }
+        }
     }
 
     /// Returns the record's seq and, after an overflow, the records it discarded, for the
@@ -443,36 +445,34 @@ public final class TapEmitter: Sendable {
             let due = state.withLock { $0.shipDue(now: now, async: options.mode == .async) }
             if due > now { Clock.sleep(microseconds: Int((due - now) / 1000)) }
             do {
-                try ch.send {
+                try ch.send(encoding: { out in
                     state.withLock { s in
-                        let batch = takeBatch(&s)
                         // A full batch means more is waiting; otherwise it all went.
-                        if case .records(let r) = batch.last, r.count >= Self.maxBatch {} else { s.senderWanted = false }
-                        return batch
+                        if takeBatch(&s, into: &out) < Self.maxBatch { s.senderWanted = false }
                     }
-                }
+                })
             } catch {
                 throw .channel(.stream(error))
             }
         }
     }
 
-    /// The next frames for the keeper: a gap not yet reported, then records not yet sent.
-    /// Called under the channel's send lock, so what it takes goes out in seq order.
-    func takeBatch(_ s: inout State) -> [Message] {
-        guard !s.stopping, s.connected else { return [] }
-        var out: [Message] = []
+    /// Appends the next frames for the keeper to `out`: a gap not yet reported, then up to
+    /// `maxBatch` records not yet sent, encoded from the buffer in place. Returns how many
+    /// records. Called under the channel's send lock, so what it takes goes out in seq order.
+    func takeBatch(_ s: inout State, into out: inout [UInt8]) -> Int {
+        guard !s.stopping, s.connected else { return 0 }
         if let g = s.gap, !s.gapSent {
             s.gapSent = true
-            out.append(.tapGap(fromSeq: g.fromSeq, lost: g.lost))
+            Message.tapGap(fromSeq: g.fromSeq, lost: g.lost).frame(into: &out)
         }
-        let recs = s.pending.elements(from: s.countThrough(s.sentUpTo), max: Self.maxBatch)
-        if let last = recs.last {
-            s.sentUpTo = last.seq
-            s.pacer.shipped(at: Clock.monoNanos())
-            out.append(.records(recs))
-        }
-        return out
+        let from = s.countThrough(s.sentUpTo)
+        let n = min(Self.maxBatch, s.pending.count - from)
+        guard n > 0 else { return 0 }
+        s.sentUpTo = s.pending[from + n - 1].seq
+        s.pacer.shipped(at: Clock.monoNanos())
+        Message.appendRecordsFrame(s.pending, range: from..<(from + n), to: &out)
+        return n
     }
 
     static let maxBatch = 8192

@@ -171,6 +171,22 @@ struct JournalWireTests {
         #expect(try Message.decode(Array(frame.dropFirst(4))) == m)
     }
 
+    /// A tap encodes its shipments from its buffer in place, after whatever frames its output
+    /// already holds: the bytes must be those of the same records sent as a message.
+    @Test func recordsEncodedInPlaceMatchTheMessage() throws {
+        var q = ChunkedQueue<TapRecord>()
+        for i in 0..<(ChunkedQueue<TapRecord>.chunkSize + 10) {
+            q.append(TapRecord(seq: UInt64(i + 1), op: i % 3 == 0 ? .delete : .write, key: Array("key-\(i)".utf8)))
+        }
+        let range = (ChunkedQueue<TapRecord>.chunkSize - 3)..<(ChunkedQueue<TapRecord>.chunkSize + 7)
+        var out = Message.tapAck(seq: 1).frame()
+        let before = out.count
+        Message.appendRecordsFrame(q, range: range, to: &out)
+        #expect(Array(out[before...]) == Message.records(Array(q[range])).frame())
+        #expect(try Message.decode(Array(out[(before + 4)...])) == .records(Array(q[range])))
+        #expect(Array(out[..<before]) == Message.tapAck(seq: 1).frame())
+    }
+
     @Test func malformedFramesAreTypedErrors() {
         #expect(throws: JournalError.self) { try Message.decode([0x99]) }
         #expect(throws: JournalError.self) { try Message.decode([0x13, 0, 0]) }
