@@ -35,6 +35,7 @@ public enum Message: Equatable, Sendable {
     public static let version: UInt8 = 1
     public static let maxFrame = 16 << 20
     static let recordsType: UInt8 = 0x12
+    static let streamType: UInt8 = 0x23
 
     var type: UInt8 {
         switch self {
@@ -52,7 +53,7 @@ public enum Message: Equatable, Sendable {
         case .follow: return 0x20
         case .resume: return 0x21
         case .fullSync: return 0x22
-        case .stream: return 0x23
+        case .stream: return Self.streamType
         case .followerAck: return 0x24
         case .ping: return 0x25
         case .followerAlive: return 0x26
@@ -84,9 +85,7 @@ public enum Message: Equatable, Sendable {
             case .syncState(let ok): w.u8(ok ? 1 : 0)
             case .follow(let run, let applied, let epoch): w.u64(run); w.u64(applied); w.u64(epoch)
             case .resume(let run, let from), .fullSync(let run, let from): w.u64(run); w.u64(from)
-            case .stream(let recs):
-                w.u32(UInt32(recs.count))
-                for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
+            case .stream(let recs): Self.writeStream(recs, &w)
             case .followerAck(let a): w.u64(a)
             case .ping(let end, let stamp): w.u64(end); w.i64(stamp)
             case .followerAlive: break
@@ -104,6 +103,19 @@ public enum Message: Equatable, Sendable {
         appendFrame(type: recordsType, sizeHint: 9 + range.count * (11 + 64), to: &out) { w in
             writeRecords(queue[range], &w)
         }
+    }
+
+    /// Appends a `stream` frame of the records at `range` of `queue` (the keeper's backlog,
+    /// read in place as `appendRecordsFrame` reads a tap's buffer).
+    public static func appendStreamFrame(_ queue: ChunkedQueue<StreamRecord>, range: Range<Int>, to out: inout [UInt8]) {
+        appendFrame(type: streamType, sizeHint: 9 + range.count * (19 + 64), to: &out) { w in
+            writeStream(queue[range], &w)
+        }
+    }
+
+    private static func writeStream<C: Collection<StreamRecord>>(_ recs: C, _ w: inout WireWriter) {
+        w.u32(UInt32(recs.count))
+        for r in recs { w.u64(r.offset); w.i64(r.stampNanos); w.u8(r.op.rawValue); w.short(r.key) }
     }
 
     private static func writeRecords<C: Collection<TapRecord>>(_ recs: C, _ w: inout WireWriter) {
@@ -174,7 +186,7 @@ public enum Message: Equatable, Sendable {
         case 0x20: m = .follow(runID: try r.u64(), applied: try r.u64(), epoch: try r.u64())
         case 0x21: m = .resume(runID: try r.u64(), from: try r.u64())
         case 0x22: m = .fullSync(runID: try r.u64(), from: try r.u64())
-        case 0x23:
+        case streamType:
             let n = try r.u32()
             guard n <= UInt32(maxFrame / 19) else { throw .malformed("record count \(n) too large") }
             var recs: [StreamRecord] = []

@@ -42,6 +42,18 @@ struct Backlog {
     /// Whether a follower can continue from `offset` (the next one it needs).
     func covers(_ offset: UInt64) -> Bool { offset >= firstOffset && offset <= nextOffset }
 
+    /// Appends a stream frame of up to `max` records from `offset` to `out`, encoded in
+    /// place. Returns the offset after the last record (`offset` itself when there was none
+    /// yet), or nil if they have already fallen off.
+    func appendStreamFrame(from offset: UInt64, max: Int, to out: inout [UInt8]) -> UInt64? {
+        guard covers(offset) else { return nil }
+        let from = Int(offset - firstOffset)
+        let n = Swift.min(max, records.count - from)
+        guard n > 0 else { return offset }
+        Message.appendStreamFrame(records, range: from..<(from + n), to: &out)
+        return offset + UInt64(n)
+    }
+
     /// Up to `max` records starting at `offset`; nil if they have already fallen off.
     func read(from offset: UInt64, max: Int) -> [StreamRecord]? {
         guard covers(offset) else { return nil }

@@ -150,10 +150,9 @@ final class Keeper: Sendable {
         var streamed = true
         if let link {
             var behind = false
-            streamed = link.ch.sendNow {
-                guard let news = state.withLock({ streamNews(link, &$0) }) else { behind = true; return [] }
-                return news
-            } && !behind
+            streamed = link.ch.sendNow(encoding: { out in
+                if state.withLock({ streamNews(link, &$0, into: &out) }) == nil { behind = true }
+            }) && !behind
         }
         if !streamed || ackDue { state.update { _ in } }
     }
@@ -161,14 +160,16 @@ final class Keeper: Sendable {
     /// How long a tap's writer may sleep on unacknowledged records (it coalesces acks).
     static let ackCoalesceNanos: UInt64 = 2_000_000
 
-    /// The next stream frame for the follower; empty when there is nothing new, nil when the
-    /// follower fell behind the backlog. Call under the link's send lock.
-    func streamNews(_ link: FollowerLink, _ s: inout State) -> [Message]? {
-        guard s.followerID == link.id, !s.stopping else { return [] }
-        guard let batch = s.backlog.read(from: link.cursor.load(ordering: .relaxed), max: 4096) else { return nil }
-        guard let last = batch.last else { return [] }
-        link.cursor.store(last.offset + 1, ordering: .relaxed)
-        return [.stream(batch)]
+    /// Appends the next stream frame for the follower to `out`: true if there was news,
+    /// false if nothing is new, nil when the follower fell behind the backlog. Call under the
+    /// link's send lock.
+    func streamNews(_ link: FollowerLink, _ s: inout State, into out: inout [UInt8]) -> Bool? {
+        guard s.followerID == link.id, !s.stopping else { return false }
+        let cursor = link.cursor.load(ordering: .relaxed)
+        guard let next = s.backlog.appendStreamFrame(from: cursor, max: 4096, to: &out) else { return nil }
+        guard next > cursor else { return false }
+        link.cursor.store(next, ordering: .relaxed)
+        return true
     }
 
     func journalGap(tapID: BytesKey, from: UInt64, lost: UInt64, reason: String) {
@@ -316,18 +317,18 @@ final class Keeper: Sendable {
             }
             var behind = false
             do {
-                try ch.send {
-                    let news = state.withLock { s -> [Message]? in
-                        guard let news = streamNews(link, &s) else { return nil }
-                        if news.isEmpty && Clock.monoNanos() - lastSend > 200_000_000 {
-                            return [.ping(endOffset: s.backlog.lastOffset, stampNanos: Clock.wallNanos())]
+                try ch.send(encoding: { out in
+                    let sent = state.withLock { s -> Bool? in
+                        guard let news = streamNews(link, &s, into: &out) else { return nil }
+                        if !news && Clock.monoNanos() - lastSend > 200_000_000 {
+                            Message.ping(endOffset: s.backlog.lastOffset, stampNanos: Clock.wallNanos()).frame(into: &out)
+                            return true
                         }
                         return news
                     }
-                    guard let news else { behind = true; return [] }
-                    if !news.isEmpty { lastSend = Clock.monoNanos() }
-                    return news
-                }
+                    guard let sent else { behind = true; return }
+                    if sent { lastSend = Clock.monoNanos() }
+                })
             } catch {
                 Log.warning("keeper", "follower \(ch.peer): \(error)")
                 return

@@ -187,6 +187,22 @@ struct JournalWireTests {
         #expect(Array(out[..<before]) == Message.tapAck(seq: 1).frame())
     }
 
+    /// The keeper streams from its backlog the same way, and says when there is nothing new
+    /// and when the follower's offset has fallen off.
+    @Test func streamFramesFromTheBacklogInPlace() throws {
+        var b = Backlog(limitBytes: 6000 * (Backlog.overheadPerRecord + 8))
+        for i in 0..<10_000 { b.append(i % 2 == 0 ? .write : .touch, key: Array("k\(i)".utf8), stamp: Int64(i)) }
+        var out: [UInt8] = []
+        let from = b.firstOffset + 4090
+        #expect(b.appendStreamFrame(from: from, max: 20, to: &out) == from + 20)
+        #expect(out == Message.stream(b.read(from: from, max: 20)!).frame())
+        out.removeAll()
+        #expect(b.appendStreamFrame(from: b.nextOffset, max: 20, to: &out) == b.nextOffset)
+        #expect(out.isEmpty)
+        #expect(b.appendStreamFrame(from: b.firstOffset - 1, max: 20, to: &out) == nil)
+        #expect(out.isEmpty)
+    }
+
     @Test func malformedFramesAreTypedErrors() {
         #expect(throws: JournalError.self) { try Message.decode([0x99]) }
         #expect(throws: JournalError.self) { try Message.decode([0x13, 0, 0]) }
