@@ -17,8 +17,12 @@ enum TapBench {
         // 1 connection: what the proxy adds to a request when nothing queues (its own cost).
         // 4, and 32 as a PHP-FPM pool would open: under saturation p50 is mostly queueing,
         // so there latency follows throughput; many clients is what an event loop is for.
-        for conns in [1, 4, 32] {
-            for sets in [false, true] {
+        // TAP_CONNS=4 TAP_OPS=set narrows the run to one case (A/B comparisons).
+        let env = ProcessInfo.processInfo.environment
+        let connCounts = env["TAP_CONNS"].flatMap { Int($0) }.map { [$0] } ?? [1, 4, 32]
+        let ops = env["TAP_OPS"].map { [$0 == "set"] } ?? [false, true]
+        for conns in connCounts {
+            for sets in ops {
                 try measure(conns: conns, sets: sets, targets: targets, processes: proxyProcesses, runs: runs, seconds: seconds, table: table)
             }
         }

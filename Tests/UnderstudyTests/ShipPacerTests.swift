@@ -2,7 +2,8 @@ import Testing
 @testable import WriteTap
 
 /// The async journal pace: a quiet tap ships at once, a burst may run ahead of the sustained
-/// pace by `burst` shipments, and a busy tap settles at one shipment per interval.
+/// pace by `burst` shipments, a busy tap settles at one shipment per interval, and the
+/// interval follows the rate of records.
 @Suite("journal shipment pacing (no sockets)")
 struct ShipPacerTests {
     static let us: UInt64 = 1000
@@ -52,6 +53,36 @@ struct ShipPacerTests {
         p.shipped(at: Self.start + 1000 * Self.us)
         p.shipped(at: Self.start)
         #expect(p.due(now: Self.start) == Self.start + 1400 * Self.us)
+    }
+
+    /// Ships every millisecond for `ms` milliseconds, `perMs` records each time.
+    static func ship(_ p: inout ShipPacer, perMs: Int, for ms: Int, from t: inout UInt64) {
+        for _ in 0..<ms {
+            p.shipped(at: t, records: perMs)
+            t += 1000 * us
+        }
+    }
+
+    /// Each sample period's rate of records sets the interval: short at low rates, long at
+    /// high ones, linear in between, and back down when the rate falls.
+    @Test func theIntervalFollowsTheRateOfRecords() {
+        let m = ShipPacer.Moderation(lowRate: 10_000, lowInterval: 200 * Self.us, highRate: 40_000, highInterval: 1000 * Self.us)
+        var p = ShipPacer(m, burst: 4, samplePeriodNanos: 10_000 * Self.us)
+        var t = Self.start
+        #expect(p.interval == 200 * Self.us)
+        Self.ship(&p, perMs: 5, for: 30, from: &t)  // 5k records/s
+        #expect(p.interval == 200 * Self.us)
+        Self.ship(&p, perMs: 80, for: 30, from: &t)  // 80k/s
+        #expect(p.interval == 1000 * Self.us)
+        // A busy tap is paced at the long interval once its burst is spent.
+        for _ in 0..<4 { Self.shipsAtOnce(&p, at: t) }
+        #expect(p.due(now: t) == t + 1000 * Self.us)
+        t += 1000 * Self.us
+        Self.ship(&p, perMs: 25, for: 30, from: &t)  // 25k/s, halfway between the thresholds
+        #expect(p.interval == 600 * Self.us)
+        Self.ship(&p, perMs: 5, for: 30, from: &t)
+        #expect(p.interval == 200 * Self.us)
+        #expect(p.due(now: t + 1000 * Self.us) == t + 1000 * Self.us)
     }
 
     @Test func burstOfOneIsAStrictPace() {
