@@ -25,7 +25,7 @@ let package = Package(
             dependencies: ["UnderstudyPosix", "MemcacheProtocol", "MemcacheClient", "JournalWire", "WriteTap"],
             swiftSettings: strict),
         .executableTarget(name: "understudy", dependencies: ["UnderstudyCore", "WriteTap", "JournalWire", "UnderstudyPosix"], swiftSettings: strict),
-        .executableTarget(name: "understudy-bench", dependencies: ["MemcacheClient", "UnderstudyPosix", "UnderstudyCore"], swiftSettings: strict),
+        .executableTarget(name: "understudy-bench", dependencies: ["MemcacheProtocol", "MemcacheClient", "UnderstudyPosix", "UnderstudyCore"], swiftSettings: strict),
         .testTarget(
             name: "UnderstudyTests",
             dependencies: ["UnderstudyPosix", "MemcacheProtocol", "MemcacheClient", "JournalWire", "WriteTap", "UnderstudyCore"],

@@ -18,7 +18,10 @@ enum LagBench {
         let redis = try RedisPair()
         defer { redis?.stop() }
 
-        for rate in rates + [0] {
+        // LAG_RATES=50000,0 narrows the run to those rates (0: flat out), without the
+        // capacity part (A/B comparisons).
+        let only = ProcessInfo.processInfo.environment["LAG_RATES"]?.split(separator: ",").compactMap { Double($0) }
+        for rate in only ?? rates + [0] {
             var p50 = Figure(), p99 = Figure(), mx = Figure(), achieved = Figure()
             var r50 = Figure(), r99 = Figure(), rmax = Figure()
             let name = rate == 0 ? "lag at tap max rate" : "lag at \(Int(rate / 1000))k writes/s"
@@ -48,6 +51,7 @@ enum LagBench {
             table.add(name, "lag max ms", mx, baseline: "redis \(fmt(rmax.median))", ratio: mx.median / rmax.median)
         }
 
+        if only != nil { return }
         // Follower capacity: stop it, journal a burst through the tap, restart it (a partial
         // resync from the backlog) and time the catch-up.
         var tapMax = Figure(), apply = Figure()
