@@ -100,7 +100,7 @@ public enum Message: Equatable, Sendable {
     /// modules is not specialized, and walked the records through witness tables at some
     /// 5,000 instructions each.
     public static func appendRecordsFrame(_ queue: ChunkedQueue<TapRecord>, range: Range<Int>, to out: inout [UInt8]) {
-        appendFrame(type: recordsType, sizeHint: 9 + range.count * (11 + 64), to: &out) { w in
+        appendFrame(type: recordsType, sizeHint: recordsHint(range.count), to: &out) { w in
             writeRecords(queue[range], &w)
         }
     }
@@ -108,7 +108,7 @@ public enum Message: Equatable, Sendable {
     /// Appends a `stream` frame of the records at `range` of `queue` (the keeper's backlog,
     /// read in place as `appendRecordsFrame` reads a tap's buffer).
     public static func appendStreamFrame(_ queue: ChunkedQueue<StreamRecord>, range: Range<Int>, to out: inout [UInt8]) {
-        appendFrame(type: streamType, sizeHint: 9 + range.count * (19 + 64), to: &out) { w in
+        appendFrame(type: streamType, sizeHint: streamHint(range.count), to: &out) { w in
             writeStream(queue[range], &w)
         }
     }
@@ -143,11 +143,14 @@ public enum Message: Equatable, Sendable {
     /// Room for the frame: exact for record batches with keys up to 64 bytes, ample otherwise.
     private var sizeHint: Int {
         switch self {
-        case .records(let r): return 9 + r.count * (11 + 64)
-        case .stream(let r): return 9 + r.count * (19 + 64)
+        case .records(let r): return Self.recordsHint(r.count)
+        case .stream(let r): return Self.streamHint(r.count)
         default: return 64
         }
     }
+
+    private static func recordsHint(_ n: Int) -> Int { 9 + n * (11 + 64) }
+    private static func streamHint(_ n: Int) -> Int { 9 + n * (19 + 64) }
 
     /// Decodes one frame body (type byte and payload, without the length prefix).
     public static func decode(_ body: [UInt8]) throws(JournalError) -> Message {

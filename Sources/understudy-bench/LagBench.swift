@@ -104,7 +104,7 @@ final class RedisPair {
         try Env.waitConnectable(replicaEP)
         let m = try RedisKV(masterEP), r = try RedisKV(replicaEP)
         try m.set("redis-ready", [1])
-        for _ in 0..<500 where (try? r.exists("redis-ready")) != true { usleep(20_000) }
+        for _ in 0..<500 where (try? r.present(["redis-ready"])) != [true] { usleep(20_000) }
     }
 
     func stop() {

@@ -6,8 +6,6 @@ import UnderstudyPosix
 /// A key-value client the load generators drive: memcached (direct, tap, twemproxy) or Redis.
 protocol KV: AnyObject {
     func set(_ key: String, _ value: [UInt8]) throws
-    /// True if the key exists.
-    func exists(_ key: String) throws -> Bool
     /// Which of `keys` exist, in one round trip.
     func present(_ keys: [String]) throws -> [Bool]
     func get(_ key: String) throws
@@ -20,14 +18,13 @@ final class MemcacheKV: KV {
         let r = try c.set(Array(key.utf8), value)
         if r != .stored { throw BenchError("set \(key): \(r)") }
     }
-    func exists(_ key: String) throws -> Bool { try c.get(Array(key.utf8)) != nil }
     func present(_ keys: [String]) throws -> [Bool] {
         try c.pipeline(keys.map { MetaRequest.get(Array($0.utf8), []) }).map { $0.status == .hd }
     }
     func get(_ key: String) throws { _ = try c.get(Array(key.utf8)) }
 }
 
-/// Just enough RESP for SET and EXISTS.
+/// Just enough RESP for SET, GET and MGET.
 final class RedisKV: KV {
     let s: ByteStream
     init(_ ep: Endpoint) throws {
@@ -53,7 +50,6 @@ final class RedisKV: KV {
         let r = try command([Array("SET".utf8), Array(key.utf8), value])
         if r != Array("+OK".utf8) { throw BenchError("redis SET: \(String(decoding: r, as: UTF8.self))") }
     }
-    func exists(_ key: String) throws -> Bool { try command([Array("EXISTS".utf8), Array(key.utf8)]) == Array(":1".utf8) }
     func present(_ keys: [String]) throws -> [Bool] {
         let head = try command([Array("MGET".utf8)] + keys.map { Array($0.utf8) })
         guard head == Array("*\(keys.count)".utf8) else { throw BenchError("redis MGET: \(String(decoding: head, as: UTF8.self))") }
@@ -85,8 +81,8 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
     let endAt = start + UInt64(seconds * 1e9)
     // One prober polls every outstanding probe key in one round trip per poll, so a probe
     // waits at most one poll to be looked at. Checking them one by one, a probe queued
-    // behind others waited for them all: under a flat-out load, where the prober gets
-    // little CPU, that wait (once 1.3 s) was reported as replication lag.
+    // behind others waited for them all, and that wait counted as replication lag: under a
+    // flat-out load, where the prober gets little CPU, it can grow without bound.
     let prober = Thread {
         guard let r = try? replica() else { return }
         var outstanding: [(key: String, acked: UInt64)] = []
