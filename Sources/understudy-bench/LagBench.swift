@@ -8,12 +8,8 @@ enum LagBench {
     static let rates: [Double] = [5000, 20000, 50000]
 
     static func run(runs: Int, seconds: Double, table: Table) throws {
-        let pair = try BenchPair()
+        let pair = try BenchPair.replicating()
         defer { pair.stop() }
-        try pair.startKeeper()
-        try pair.startFollower()
-        try pair.startTap()
-        try pair.waitInSync()
         let tapEP = pair.tapEP!, dstEP = pair.dstEP
         let redis = try RedisPair()
         defer { redis?.stop() }

@@ -23,6 +23,22 @@ final class BenchPair {
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
 
+    /// A pair streaming and in sync: keeper, follower and, if `tap`, a tap in front of the
+    /// active.
+    static func replicating(tap: Bool = true) throws -> BenchPair {
+        let pair = try BenchPair()
+        do {
+            try pair.startKeeper()
+            try pair.startFollower()
+            if tap { try pair.startTap() }
+            try pair.waitInSync()
+        } catch {
+            pair.stop()
+            throw error
+        }
+        return pair
+    }
+
     func startKeeper(backlog: String = "256M") throws {
         keeper = try Spawned(Env.understudy, ["serve", "--role", "active", "--memcached", srcEP.description, "--listen", "127.0.0.1:\(jA)",
                                               "--control", dir + "/a.sock", "--state-dir", dir + "/a", "--backlog-size", backlog,

@@ -4,11 +4,8 @@ import UnderstudyPosix
 /// Set latency in sync mode against async mode and direct memcached, one connection.
 enum SyncBench {
     static func run(runs: Int, table: Table) throws {
-        let pair = try BenchPair()
+        let pair = try BenchPair.replicating(tap: false)
         defer { pair.stop() }
-        try pair.startKeeper()
-        try pair.startFollower()
-        try pair.waitInSync()
         var p50: [String: Figure] = [:], p99: [String: Figure] = [:]
         for r in 1...runs {
             for mode in ["direct", "async", "sync"] {
@@ -32,12 +29,8 @@ enum SyncBench {
 /// Resident memory of the daemons while following, and growth per million keys.
 enum RSSBench {
     static func run(keys: Int, table: Table) throws {
-        let pair = try BenchPair()
+        let pair = try BenchPair.replicating()
         defer { pair.stop() }
-        try pair.startKeeper()
-        try pair.startFollower()
-        try pair.startTap()
-        try pair.waitInSync()
         usleep(500_000)
         let idleF = Double(pair.follower!.rssKiB), idleK = Double(pair.keeper!.rssKiB)
         try fill(pair.srcEP, count: keys, size: 100)
