@@ -75,7 +75,7 @@ struct LagRun {
 func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping @Sendable () throws -> any KV,
             rate: Double, threads: Int, seconds: Double, probeEvery: Int, valueSize: Int = 100, prefix: String) throws -> LagRun {
     let probes = Monitor<(queue: [(String, UInt64)], done: Bool)>(([], false))
-    let results = Monitor<(lags: [Double], timeouts: Int, ops: Int)>(([], 0, 0))
+    let results = Monitor<(lags: [Double], timeouts: Int, ops: Int, slow: [Double])>(([], 0, 0, []))
     let value = [UInt8](repeating: 0x61, count: valueSize)
     let start = Clock.monoNanos()
     let endAt = start + UInt64(seconds * 1e9)
@@ -83,8 +83,16 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
     // waits at most one poll to be looked at. Checking them one by one, a probe queued
     // behind others waited for them all, and that wait counted as replication lag: under a
     // flat-out load, where the prober gets little CPU, it can grow without bound.
+    // Rare runs have had lags of a second and more, unexplained; these notes say when in the
+    // run the slow probes were written, and whether a connection was slow to open.
+    let slowNanos: UInt64 = 100_000_000
+    @Sendable func connect<T>(_ what: String, _ make: () throws -> T) -> T? {
+        let t0 = Clock.monoNanos()
+        defer { if Clock.monoNanos() - t0 > slowNanos { log("\(prefix): the \(what)'s connection took \((Clock.monoNanos() - t0) / 1_000_000) ms to open") } }
+        return try? make()
+    }
     let prober = Thread {
-        guard let r = try? replica() else { return }
+        guard let r = connect("prober", replica) else { return }
         var outstanding: [(key: String, acked: UInt64)] = []
         while true {
             let (new, done) = probes.wait(until: { !$0.queue.isEmpty || $0.done || !outstanding.isEmpty },
@@ -100,11 +108,12 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
             let batch = Array(outstanding.prefix(1000))
             guard let found = try? r.present(batch.map(\.key)) else { break }
             let now = Clock.monoNanos()
-            var lags: [Double] = [], timedOut = 0
+            var lags: [Double] = [], slow: [Double] = [], timedOut = 0
             var waiting: [(key: String, acked: UInt64)] = []
             for (p, there) in zip(batch, found) {
                 if there {
                     lags.append(Double(now - p.acked) / 1e6)
+                    if now - p.acked > slowNanos { slow.append(Double(p.acked - start) / 1e6) }
                 } else if now - p.acked > 10_000_000_000 {
                     timedOut += 1
                 } else {
@@ -114,6 +123,7 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
             outstanding = waiting + outstanding.dropFirst(batch.count)
             results.update { s in
                 s.lags += lags
+                s.slow += slow
                 s.timeouts += timedOut
             }
         }
@@ -125,7 +135,7 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
         group.enter()
         Thread {
             defer { group.leave() }
-            guard let w = try? writer() else { return }
+            guard let w = connect("writer", writer) else { return }
             let perThread = rate / Double(threads)
             var i = 0
             while true {
@@ -150,6 +160,9 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
     _ = results.wait(until: { _ in prober.isFinished }, timeoutMs: 30_000) { _, _ in 0 }
     while !prober.isFinished { usleep(10_000) }
     let r = results.withLock { $0 }
+    if let first = r.slow.min(), let last = r.slow.max() {
+        log("\(prefix): \(r.slow.count) probes lagged over \(slowNanos / 1_000_000) ms, written between \(Int(first)) and \(Int(last)) ms into the run")
+    }
     return LagRun(achievedRate: Double(r.ops) / elapsed, lagsMs: r.lags, timeouts: r.timeouts)
 }
 
