@@ -11,6 +11,13 @@ extension Follower {
         var active: MemcachedIdentity?
     }
 
+    struct SavedPosition {
+        /// What is on disk; nil: nothing.
+        var position: FollowerPosition?
+        /// Why the last save failed (a full disk, say), logged once rather than every second.
+        var failure: String?
+    }
+
     /// Restores `(run id, offset)` if the local memcached still is the one that holds that copy.
     func loadPosition() {
         guard let pos = FollowerPosition.load(from: options.stateDir) else { return }
@@ -21,7 +28,7 @@ extension Follower {
             s.copyValid = true
             s.identities = Identities(local: pos.local, active: pos.active)
         }
-        savedPosition.withLock { $0 = pos }
+        savedPosition.withLock { $0.position = pos }
         Log.info("follower", "saved position: run \(String(pos.runID, radix: 16)) offset \(pos.applied)")
     }
 
@@ -32,12 +39,16 @@ extension Follower {
                 guard let run = s.runID, let local = s.identities.local, s.copyValid else { return nil }
                 return FollowerPosition(runID: run, applied: s.applied, local: local, active: s.identities.active)
             }
-            guard let pos, pos != saved else { return }
+            guard let pos, pos != saved.position else { return }
             do {
                 try pos.save(to: options.stateDir)
-                saved = pos
+                saved.position = pos
+                if saved.failure != nil { Log.info("follower", "position saved to \(options.stateDir) again") }
+                saved.failure = nil
             } catch {
-                Log.error("follower", "cannot save position to \(options.stateDir): \(error)")
+                let why = "\(error)"
+                if why != saved.failure { Log.error("follower", "cannot save position to \(options.stateDir): \(why) (a restarted follower resumes from the last position saved, or full syncs if the backlog has moved past it)") }
+                saved.failure = why
             }
         }
     }
@@ -47,7 +58,7 @@ extension Follower {
     func forgetPosition() {
         savedPosition.withLock { saved in
             FollowerPosition.forget(in: options.stateDir)
-            saved = nil
+            saved.position = nil
         }
     }
 

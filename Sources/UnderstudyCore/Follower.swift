@@ -69,9 +69,10 @@ final class Follower: Sendable {
 
     let options: Options
     let state: Monitor<State>
-    /// The position last saved (nil: none on disk). Saves and forgets take turns under this
-    /// lock, so a save that saw a valid copy cannot land after the forget that followed it.
-    let savedPosition = Mutex<FollowerPosition?>(nil)
+    /// The position last saved, and why saving fails if it does. Saves and forgets take
+    /// turns under this lock, so a save that saw a valid copy cannot land after the forget
+    /// that followed it.
+    let savedPosition = Mutex(SavedPosition())
     /// Set when `run` returns. Apart from `state`, whose every change would wake the saver.
     let finished = Monitor(false)
 
