@@ -11,6 +11,7 @@ final class Spawned {
     init(_ exe: String, _ args: [String], name: String, log: String) throws {
         self.name = name
         process = try Subprocess(exe, args, stdout: .file(log), stderr: .file(log))
+        Children.live.withLock { $0[process.pid] = process }
     }
 
     var pid: Int32 { process.pid }
@@ -18,6 +19,7 @@ final class Spawned {
     func stop() {
         process.kill(SIGKILL)
         process.wait()
+        Children.live.withLock { $0[process.pid] = nil }
     }
 
     /// Resident set size in KiB, from /proc.
@@ -40,6 +42,29 @@ final class Spawned {
     }
 
     deinit { stop() }
+}
+
+/// Every process the bench started and has not stopped. An interrupted run (Ctrl-C, or a
+/// CI job's timeout) used to leave them all running — memcacheds, Redis, daemons — since
+/// only the bench's normal exit path stopped them; now the signal does too.
+enum Children {
+    static let live = Monitor<[pid_t: Subprocess]>([:])
+
+    /// Call first thing, before any thread starts: the threads inherit the blocked mask, so
+    /// only this one receives SIGINT and SIGTERM (see `Signals`).
+    static func stopAllOnTermination() {
+        Signals.blockTermination()
+        Threads.start("bench-signals") {
+            let sig = Signals.waitForTermination()
+            let all = live.withLock { $0 }
+            for p in all.values {
+                p.kill(SIGKILL)
+                p.wait()
+            }
+            log("stopped by signal \(sig): stopped the \(all.count) processes it had started")
+            exit(128 + sig)
+        }
+    }
 }
 
 enum Env {

@@ -6,7 +6,7 @@ import UnderstudyPosix
 // usage: understudy-bench [fullsync] [lag] [tap] [sync] [rss] [--runs N] [--follower-py PATH] [--quick]
 // No arguments runs everything. Prints one table at the end; progress goes to stderr.
 
-signal(SIGPIPE, SIG_IGN)
+Children.stopAllOnTermination()
 var args = Array(CommandLine.arguments.dropFirst())
 var runs = 3
 var followerPy = "/work/shared/reference/memcached-lab/follower.py"
