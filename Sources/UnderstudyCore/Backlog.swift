@@ -46,17 +46,21 @@ struct Backlog {
     /// place. Returns the offset after the last record (`offset` itself when there was none
     /// yet), or nil if they have already fallen off.
     func appendStreamFrame(from offset: UInt64, max: Int, to out: inout [UInt8]) -> UInt64? {
-        guard covers(offset) else { return nil }
-        let from = Int(offset - firstOffset)
-        let n = Swift.min(max, records.count - from)
-        guard n > 0 else { return offset }
-        Message.appendStreamFrame(records, range: from..<(from + n), to: &out)
-        return offset + UInt64(n)
+        guard let span = span(from: offset, max: max) else { return nil }
+        if !span.isEmpty { Message.appendStreamFrame(records, range: span, to: &out) }
+        return offset + UInt64(span.count)
     }
 
     /// Up to `max` records starting at `offset`; nil if they have already fallen off.
     func read(from offset: UInt64, max: Int) -> [StreamRecord]? {
+        span(from: offset, max: max).map { records.elements(from: $0.lowerBound, max: $0.count) }
+    }
+
+    /// Where in `records` the up to `max` records from `offset` are; nil if they have
+    /// already fallen off. One place for the offset arithmetic both readers share.
+    private func span(from offset: UInt64, max: Int) -> Range<Int>? {
         guard covers(offset) else { return nil }
-        return records.elements(from: Int(offset - firstOffset), max: max)
+        let from = Int(offset - firstOffset)
+        return from..<(from + Swift.min(max, records.count - from))
     }
 }
