@@ -21,8 +21,14 @@ public enum Log {
 
     static func emit(_ level: Level, _ component: String, _ message: () -> String) {
         guard level.rawValue >= minimum.load(ordering: .relaxed) else { return }
-        let line = "\(timestamp()) \(level.name) \(component): \(message())\n"
-        let bytes = Array(line.utf8)
+        line("\(timestamp()) \(level.name) \(component): \(message())")
+    }
+
+    /// Writes `text` and a newline to stderr in one `write(2)`. A failed write is ignored on
+    /// purpose: a reader that went away (`| head`) must not kill the process mid-run, which
+    /// Foundation's `FileHandle.write` does, and leave what it started running.
+    public static func line(_ text: String) {
+        let bytes = Array((text + "\n").utf8)
         bytes.withUnsafeBytes { raw in _ = Glibc.write(2, raw.baseAddress, raw.count) }
     }
 

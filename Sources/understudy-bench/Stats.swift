@@ -1,4 +1,5 @@
 import Foundation
+import UnderstudyPosix
 
 /// Repeated measurements of one figure: median and spread, as the issue asks (≥ 3 runs).
 struct Figure {
@@ -47,5 +48,5 @@ final class Table {
 }
 
 func log(_ s: String) {
-    FileHandle.standardError.write(Data("bench: \(s)\n".utf8))
+    Log.line("bench: \(s)")
 }
