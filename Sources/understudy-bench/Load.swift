@@ -75,7 +75,7 @@ struct LagRun {
 func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping @Sendable () throws -> any KV,
             rate: Double, threads: Int, seconds: Double, probeEvery: Int, valueSize: Int = 100, prefix: String) throws -> LagRun {
     let probes = Monitor<(queue: [(String, UInt64)], done: Bool)>(([], false))
-    let results = Monitor<(lags: [Double], timeouts: Int, ops: Int, slow: [Double])>(([], 0, 0, []))
+    let results = Monitor<(lags: [Double], timeouts: Int, ops: Int, slow: [Double], proberDone: Bool)>(([], 0, 0, [], false))
     let value = [UInt8](repeating: 0x61, count: valueSize)
     let start = Clock.monoNanos()
     let endAt = start + UInt64(seconds * 1e9)
@@ -92,6 +92,7 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
         return try? make()
     }
     let prober = Thread {
+        defer { results.update { $0.proberDone = true } }
         guard let r = connect("prober", replica) else { return }
         var outstanding: [(key: String, acked: UInt64)] = []
         while true {
@@ -157,8 +158,10 @@ func lagRun(writer: @escaping @Sendable () throws -> any KV, replica: @escaping 
     group.wait()
     let elapsed = Double(Clock.monoNanos() - start) / 1e9
     probes.update { $0.done = true }
-    _ = results.wait(until: { _ in prober.isFinished }, timeoutMs: 30_000) { _, _ in 0 }
-    while !prober.isFinished { usleep(10_000) }
+    // Waits on the prober's own last word: waiting on `prober.isFinished` was woken by that
+    // update a moment before the thread ended, saw false, and then slept out its timeout
+    // (30 s lost per run, twice per rate, whenever the race went that way).
+    _ = results.wait(until: { $0.proberDone }, timeoutMs: 30_000) { _, _ in 0 }
     let r = results.withLock { $0 }
     if let first = r.slow.min(), let last = r.slow.max() {
         log("\(prefix): \(r.slow.count) probes lagged over \(slowNanos / 1_000_000) ms, written between \(Int(first)) and \(Int(last)) ms into the run")
