@@ -64,6 +64,23 @@ public final class Socket: Sendable {
         leave()
     }
 
+    /// Closes with a reset: bytes not yet sent are dropped, so none of them reaches the peer
+    /// later. The tap gives up on memcached this way when requests are in flight and then
+    /// journals their keys; closed with a FIN, a write still queued behind a cut link would be
+    /// delivered once the link healed, after the follower had copied the key, and the passive
+    /// would keep the older value.
+    ///
+    /// Unlike `close()` there is no shutdown first (it would send the queued bytes ahead of a
+    /// FIN), so a thread blocked on the socket is not woken: this is for a socket only its
+    /// owner's thread uses, like the tap's upstream connections.
+    public func abort() {
+        guard enter() else { return }
+        // If this fails the close is an ordinary one, which is all that is left to do.
+        try? Sys.setResetOnClose(fd, "abort \(peer)")
+        uses.bitwiseOr(1, ordering: .acquiringAndReleasing)
+        leave()
+    }
+
     /// Wakes any thread blocked on this socket; the descriptor stays valid until `close()`.
     /// After `close()` it does nothing.
     public func shutdown() {

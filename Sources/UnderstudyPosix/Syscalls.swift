@@ -75,6 +75,15 @@ public enum Sys {
         }
     }
 
+    /// `SO_LINGER` on with a zero timeout: `close` then resets the connection and drops what
+    /// was not yet sent, instead of delivering it after a FIN.
+    public static func setResetOnClose(_ fd: Int32, _ what: String) throws(SystemError) {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = try retrying("setsockopt SO_LINGER \(what)") {
+            Glibc.setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        }
+    }
+
     public static func setTimeout(_ fd: Int32, _ name: Int32, milliseconds: Int, _ what: String) throws(SystemError) {
         var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
         _ = try retrying("setsockopt timeout \(what)") {

@@ -114,11 +114,13 @@ final class Upstream {
     }
 
     /// Drops the connection; every client with a request in flight answers it with an
-    /// error and journals what may have been applied. The next request reconnects.
+    /// error and journals what may have been applied. The next request reconnects. The
+    /// connection is reset, not closed: a write still queued behind a cut link must not land
+    /// after its key was journaled (see `Socket.abort`).
     func lost(_ reason: String) {
         guard let s = socket else { return }
         poller.remove(s.fd)
-        s.close()
+        s.abort()
         socket = nil
         connecting = false
         interest = []

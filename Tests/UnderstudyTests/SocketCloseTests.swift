@@ -23,6 +23,30 @@ struct SocketCloseTests {
         return ours
     }
 
+    /// `abort` resets the connection, where `close` ends the stream: the tap's upstream relies
+    /// on it so that a write queued behind a cut link is dropped, not delivered after the link
+    /// heals (and after its key was journaled and copied).
+    @Test func abortResetsWhereCloseEndsTheStream() throws {
+        let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        for abort in [false, true] {
+            let ours = try Socket.connect(to: Endpoint(host: "127.0.0.1", port: listener.port), timeoutMs: 2000)
+            let theirs = try listener.accept()
+            defer { theirs.close() }
+            try theirs.setIOTimeout(milliseconds: 2000)
+            if abort { ours.abort() } else { ours.close() }
+            var buf = [UInt8](repeating: 0, count: 16)
+            var n = -1
+            var failure: Int32 = 0
+            do { n = try buf.withUnsafeMutableBytes { try theirs.read(into: $0) } } catch { failure = (error as? SystemError)?.errno ?? -1 }
+            if abort {
+                #expect(failure == ECONNRESET, "after abort the peer read \(n) bytes, errno \(failure); expected a reset")
+            } else {
+                #expect(n == 0 && failure == 0, "after close the peer read \(n) bytes, errno \(failure); expected the end of the stream")
+            }
+        }
+    }
+
     @Test func aReaderNeverReadsTheSocketThatReusedItsDescriptor() throws {
         let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
         defer { listener.close() }
