@@ -27,6 +27,12 @@ public final class MemcacheConnection {
         stream.socket.close()
     }
 
+    /// Resets the connection (see `Socket.abort`): nothing still queued reaches memcached.
+    /// For the thread that owns the connection, after a request whose answer was lost.
+    public func abort() {
+        stream.socket.abort()
+    }
+
     // MARK: raw plumbing shared by the typed calls
 
     /// Sends pre-encoded requests in one write (hot paths build their own pipelines).

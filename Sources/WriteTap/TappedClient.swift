@@ -35,14 +35,26 @@ public final class TappedClient {
         if let why = tap.syncRefusal(tap.emit(op, key: key)) { throw .notReplicated(why) }
     }
 
-    func call<R>(_ body: () throws(MemcacheError) -> R) throws(TapError) -> R {
-        do { return try body() } catch { throw .memcached(error) }
+    /// Runs one request. If the connection breaks under it, memcached may have applied the
+    /// write with its answer lost, so, as the proxy does (`upstreamLost`), the connection is
+    /// reset (nothing still queued may land later) and `mayHaveApplied` is journaled: a record
+    /// too many is harmless, one too few leaves the passive with an older value.
+    func call<R>(mayHaveApplied: [(RecordOp, [UInt8])] = [], _ body: () throws(MemcacheError) -> R) throws(TapError) -> R {
+        do { return try body() } catch {
+            if !mayHaveApplied.isEmpty, error.breaksConnection {
+                if case .connect = error {} else {
+                    connection.abort()
+                    for (op, key) in mayHaveApplied { _ = tap.emit(op, key: key) }
+                }
+            }
+            throw .memcached(error)
+        }
     }
 
     @discardableResult
     public func store(_ cmd: TextRequest.Storage, _ key: [UInt8], _ value: [UInt8], flags: UInt32 = 0,
                       exptime: Int64 = 0, cas: UInt64? = nil) throws(TapError) -> StoreResult {
-        let r = try call { () throws(MemcacheError) in try connection.store(cmd, key, value, flags: flags, exptime: exptime, cas: cas) }
+        let r = try call(mayHaveApplied: [(.write, key)]) { () throws(MemcacheError) in try connection.store(cmd, key, value, flags: flags, exptime: exptime, cas: cas) }
         if r == .stored { try journal(.write, key) }
         return r
     }
@@ -58,50 +70,51 @@ public final class TappedClient {
 
     @discardableResult
     public func delete(_ key: [UInt8]) throws(TapError) -> Bool {
-        let r = try call { () throws(MemcacheError) in try connection.delete(key) }
+        let r = try call(mayHaveApplied: [(.delete, key)]) { () throws(MemcacheError) in try connection.delete(key) }
         if r { try journal(.delete, key) }
         return r
     }
 
     public func incr(_ key: [UInt8], by delta: UInt64) throws(TapError) -> UInt64? {
-        let r = try call { () throws(MemcacheError) in try connection.incr(key, by: delta) }
+        let r = try call(mayHaveApplied: [(.write, key)]) { () throws(MemcacheError) in try connection.incr(key, by: delta) }
         if r != nil { try journal(.write, key) }
         return r
     }
 
     public func decr(_ key: [UInt8], by delta: UInt64) throws(TapError) -> UInt64? {
-        let r = try call { () throws(MemcacheError) in try connection.decr(key, by: delta) }
+        let r = try call(mayHaveApplied: [(.write, key)]) { () throws(MemcacheError) in try connection.decr(key, by: delta) }
         if r != nil { try journal(.write, key) }
         return r
     }
 
     @discardableResult
     public func touch(_ key: [UInt8], exptime: Int64) throws(TapError) -> Bool {
-        let r = try call { () throws(MemcacheError) in try connection.touch(key, exptime: exptime) }
+        let r = try call(mayHaveApplied: [(.touch, key)]) { () throws(MemcacheError) in try connection.touch(key, exptime: exptime) }
         if r { try journal(.touch, key) }
         return r
     }
 
     public func gat(_ exptime: Int64, _ keys: [[UInt8]]) throws(TapError) -> [[UInt8]: Item] {
-        let r = try call { () throws(MemcacheError) in try connection.gat(exptime, keys) }
+        let r = try call(mayHaveApplied: keys.map { (.touch, $0) }) { () throws(MemcacheError) in try connection.gat(exptime, keys) }
         for k in keys where r[k] != nil { try journal(.touch, k) }
         return r
     }
 
     public func gats(_ exptime: Int64, _ keys: [[UInt8]]) throws(TapError) -> [[UInt8]: Item] {
-        let r = try call { () throws(MemcacheError) in try connection.gats(exptime, keys) }
+        let r = try call(mayHaveApplied: keys.map { (.touch, $0) }) { () throws(MemcacheError) in try connection.gats(exptime, keys) }
         for k in keys where r[k] != nil { try journal(.touch, k) }
         return r
     }
 
     public func flushAll(delay: Int64? = nil) throws(TapError) {
-        try call { () throws(MemcacheError) in try connection.flushAll(delay: delay) }
-        try journal(.flush, delay.map { Array(String($0).utf8) } ?? [])
+        let record = delay.map { Array(String($0).utf8) } ?? []
+        try call(mayHaveApplied: [(.flush, record)]) { () throws(MemcacheError) in try connection.flushAll(delay: delay) }
+        try journal(.flush, record)
     }
 
     /// `ms`, `md`, `ma`, and `mg` (journaled when it carries `T`, a touch, or `N`, a create).
     public func meta(_ request: MetaRequest) throws(TapError) -> MetaReply {
-        let reply = try call { () throws(MemcacheError) in try connection.meta(request) }
+        let reply = try call(mayHaveApplied: Self.mayApply(request)) { () throws(MemcacheError) in try connection.meta(request) }
         let ok = reply.status == .hd || reply.status == .va
         switch request.command {
         case .set, .arithmetic: if ok { try journal(.write, request.key) }
@@ -113,5 +126,18 @@ public final class TappedClient {
         case .noop: break
         }
         return reply
+    }
+
+    /// What a meta request may have changed if its answer is lost.
+    static func mayApply(_ request: MetaRequest) -> [(RecordOp, [UInt8])] {
+        switch request.command {
+        case .set, .arithmetic: return [(.write, request.key)]
+        case .delete: return [(.delete, request.key)]
+        case .get:
+            if request.flags.contains(where: { $0.hasPrefix("N") }) { return [(.write, request.key)] }
+            if request.flags.contains(where: { $0.hasPrefix("T") }) { return [(.touch, request.key)] }
+            return []
+        case .noop: return []
+        }
     }
 }

@@ -232,3 +232,37 @@ struct TappedClientTests {
         #expect(h.waitForRecords(want.count).map { "\($0.0) \($0.1)" } == want)
     }
 }
+
+/// The library tap, when memcached's answer to a write is lost: the write may have been
+/// applied, so its key must be journaled anyway (a lost record leaves the passive with an
+/// older value), and the connection reset so nothing queued lands later.
+@Suite("library tap, answer lost")
+struct TappedClientLostAnswerTests {
+    @Test func aWriteWhoseAnswerIsLostIsStillJournaled() throws {
+        // A memcached stand-in that takes the request and closes without answering: as if it
+        // applied the write and the link died before the reply.
+        let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let served = Monitor(false)
+        Threads.start("silent-peer") {
+            defer { served.update { $0 = true } }
+            guard let s = try? listener.accept() else { return }
+            try? s.setIOTimeout(milliseconds: 2000)
+            var buf = [UInt8](repeating: 0, count: 4096)
+            _ = try? buf.withUnsafeMutableBytes { try s.read(into: $0) }
+            s.close()
+        }
+        // Nobody listens on the journal port: records stay buffered, counted as emitted.
+        let tap = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: Ports.free())))
+        defer { tap.stop() }
+        let client = try TappedClient(memcached: Endpoint(host: "127.0.0.1", port: listener.port), tap: tap, ioTimeoutMs: 2000)
+        var failed = false
+        do { _ = try client.set(Array("lost-answer".utf8), [1, 2, 3]) } catch { failed = true }
+        #expect(failed, "the set should fail: the peer never answered")
+        #expect(tap.counters.emitted == 1, "the key of a write that may have been applied was not journaled")
+        // A read whose answer is lost changes nothing and journals nothing.
+        #expect(throws: (any Error).self) { _ = try client.get(Array("lost-answer".utf8)) }
+        #expect(tap.counters.emitted == 1)
+        _ = served.wait(until: { $0 }, timeoutMs: 5000) { s, _ in s }
+    }
+}
