@@ -41,11 +41,10 @@ public final class TappedClient {
     /// too many is harmless, one too few leaves the passive with an older value.
     func call<R>(mayHaveApplied: [(RecordOp, [UInt8])] = [], _ body: () throws(MemcacheError) -> R) throws(TapError) -> R {
         do { return try body() } catch {
-            if !mayHaveApplied.isEmpty, error.breaksConnection {
-                if case .connect = error {} else {
-                    connection.abort()
-                    for (op, key) in mayHaveApplied { _ = tap.emit(op, key: key) }
-                }
+            if case .connect = error { throw .memcached(error) }  // nothing was sent
+            if error.breaksConnection, !mayHaveApplied.isEmpty {
+                connection.abort()
+                for (op, key) in mayHaveApplied { _ = tap.emit(op, key: key) }
             }
             throw .memcached(error)
         }
@@ -114,21 +113,17 @@ public final class TappedClient {
 
     /// `ms`, `md`, `ma`, and `mg` (journaled when it carries `T`, a touch, or `N`, a create).
     public func meta(_ request: MetaRequest) throws(TapError) -> MetaReply {
-        let reply = try call(mayHaveApplied: Self.mayApply(request)) { () throws(MemcacheError) in try connection.meta(request) }
+        let changes = Self.mayApply(request)
+        let reply = try call(mayHaveApplied: changes) { () throws(MemcacheError) in try connection.meta(request) }
         let ok = reply.status == .hd || reply.status == .va
-        switch request.command {
-        case .set, .arithmetic: if ok { try journal(.write, request.key) }
-        case .delete: if ok { try journal(.delete, request.key) }
-        case .get:
-            let touches = request.flags.contains { $0.hasPrefix("T") }
-            let vivifies = request.flags.contains { $0.hasPrefix("N") }
-            if vivifies { try journal(.write, request.key) } else if touches && ok { try journal(.touch, request.key) }
-        case .noop: break
-        }
+        // `N` creates the item whether or not the get found it; the rest changed only if it succeeded.
+        let vivifies = request.command == .get && request.flags.contains { $0.hasPrefix("N") }
+        if ok || vivifies { for (op, key) in changes { try journal(op, key) } }
         return reply
     }
 
-    /// What a meta request may have changed if its answer is lost.
+    /// What a meta request may change: journaled once it succeeded (`N`: always), and when
+    /// its answer is lost. One classification for both, so they cannot drift apart.
     static func mayApply(_ request: MetaRequest) -> [(RecordOp, [UInt8])] {
         switch request.command {
         case .set, .arithmetic: return [(.write, request.key)]

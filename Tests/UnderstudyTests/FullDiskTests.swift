@@ -94,21 +94,17 @@ struct FullDiskTests {
         try runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", stateDir], timeout: 10)
         defer { _ = try? runTool("/bin/umount", ["-l", stateDir], timeout: 10) }
         try h.startFollower()
-        func saved() -> Int? {
-            guard let data = FileManager.default.contents(atPath: stateDir + "/follower.json"),
-                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
-            return obj["applied"] as? Int
-        }
+        func saved() -> UInt64? { FollowerPosition.load(from: stateDir)?.applied }
         try h.write(0..<2000, prefix: "fd")
         try h.waitCaughtUp()
         let applied = try #require(try h.status("b").follower?.appliedOffset)
-        #expect(waitUntil(10) { saved() == Int(applied) }, "saved \(saved() ?? -1), applied \(applied)")
+        #expect(waitUntil(10) { saved() == applied }, "saved \(saved().map(String.init) ?? "nothing"), applied \(applied)")
 
         let filler = Self.fill(stateDir)
         try h.write(2000..<4000, prefix: "fd")
         try h.waitCaughtUp()
         usleep(2_500_000)  // at least two attempts to save
-        #expect(saved() == Int(applied), "nothing new could be saved")
+        #expect(saved() == applied, "nothing new could be saved")
         let (code, out) = try h.verify()
         #expect(code == 0, "still following: \(out)")
         let failures = h.follower!.log.components(separatedBy: "cannot save position").count - 1
@@ -117,7 +113,7 @@ struct FullDiskTests {
         unlink(filler)
         let now = try #require(try h.status("b").follower?.appliedOffset)
         #expect(now > applied)
-        #expect(waitUntil(10) { saved() == Int(now) }, "saved \(saved() ?? -1), applied \(now)")
+        #expect(waitUntil(10) { saved() == now }, "saved \(saved().map(String.init) ?? "nothing"), applied \(now)")
         #expect(h.follower!.log.contains("position saved to \(stateDir) again"))
     }
 }
