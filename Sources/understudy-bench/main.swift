@@ -3,17 +3,32 @@ import MemcacheClient
 import UnderstudyPosix
 
 // understudy-bench: release-built benchmarks with baselines measured in the same run.
-// usage: understudy-bench [fullsync] [lag] [tap] [sync] [rss] [--runs N] [--follower-py PATH] [--quick]
-// No arguments runs everything. Prints one table at the end; progress goes to stderr.
+// No part named runs every part (see `usage`). Prints one table at the end; progress goes to stderr.
 
 Children.stopAllOnTermination()
 var args = Array(CommandLine.arguments.dropFirst())
 var runs = 3
 var followerPy = "/work/shared/reference/memcached-lab/follower.py"
 var quick = false
-if let i = args.firstIndex(of: "--runs"), i + 1 < args.count { runs = Int(args[i + 1]) ?? 3; args.removeSubrange(i...(i + 1)) }
-if let i = args.firstIndex(of: "--follower-py"), i + 1 < args.count { followerPy = args[i + 1]; args.removeSubrange(i...(i + 1)) }
+let usage = "usage: understudy-bench [fullsync] [lag] [tap] [sync] [rss] [--runs N] [--follower-py PATH] [--quick]"
+/// A mistyped argument must stop the bench, not start the whole eight-minute run.
+func refuse(_ why: String) -> Never {
+    log("\(why)\n\(usage)")
+    exit(2)
+}
+if let i = args.firstIndex(of: "--runs") {
+    guard i + 1 < args.count, let n = Int(args[i + 1]), n > 0 else { refuse("--runs needs a positive count") }
+    runs = n
+    args.removeSubrange(i...(i + 1))
+}
+if let i = args.firstIndex(of: "--follower-py") {
+    guard i + 1 < args.count else { refuse("--follower-py needs a path") }
+    followerPy = args[i + 1]
+    args.removeSubrange(i...(i + 1))
+}
 if let i = args.firstIndex(of: "--quick") { quick = true; args.remove(at: i) }
+let parts: Set = ["fullsync", "lag", "tap", "sync", "rss"]
+if let unknown = args.first(where: { !parts.contains($0) }) { refuse("unknown argument \(unknown)") }
 let all = args.isEmpty
 let table = Table()
 
