@@ -10,7 +10,10 @@ public enum Message: Equatable, Sendable {
     case authOK(mac: [UInt8])
     case refused(reason: String)
     // Tap ⇄ keeper
-    case tapStart(tapID: [UInt8])
+    /// `wantsApplied`: false for an async tap, which never waits on applied seqs, so the
+    /// keeper does not wake it with one per follower ack. Sent as a trailing 0 byte only when
+    /// false, so a tap from before the flag (no byte) means true.
+    case tapStart(tapID: [UInt8], wantsApplied: Bool)
     case tapWelcome(runID: UInt64, ackedSeq: UInt64)
     case records([TapRecord])
     case tapAck(seq: UInt64)
@@ -77,7 +80,11 @@ public enum Message: Equatable, Sendable {
             case .auth(let kind, let mac, let nonce): w.u8(kind.rawValue); w.raw(mac); w.raw(nonce)
             case .authOK(let mac): w.raw(mac)
             case .refused(let reason): w.short(Array(reason.utf8))
-            case .tapStart(let id): w.short(id)
+            case .tapStart(let id, let wants):
+                // The flag is sent only when false, so each value has one encoding and a
+                // frame from a tap older than the flag reads as the true it meant.
+                w.short(id)
+                if !wants { w.u8(0) }
             case .tapWelcome(let run, let seq): w.u64(run); w.u64(seq)
             case .records(let recs): Self.writeRecords(recs, &w)
             case .tapAck(let s), .tapApplied(let s): w.u64(s)
@@ -170,7 +177,11 @@ public enum Message: Equatable, Sendable {
         case 0x04:
             guard let reason = String(validating: try r.short(), as: UTF8.self) else { throw .malformed("reason is not UTF-8") }
             m = .refused(reason: reason)
-        case 0x10: m = .tapStart(tapID: try r.short())
+        case 0x10:
+            let id = try r.short()
+            let wants = r.atEnd
+            if !wants, try r.u8() != 0 { throw .malformed("tap-start flag is sent only as 0") }
+            m = .tapStart(tapID: id, wantsApplied: wants)
         case 0x11: m = .tapWelcome(runID: try r.u64(), ackedSeq: try r.u64())
         case recordsType:
             let n = try r.u32()

@@ -69,6 +69,10 @@ struct WireReader {
     mutating func raw(_ n: Int) throws(JournalError) -> [UInt8] { Array(try take(n)) }
     mutating func short() throws(JournalError) -> [UInt8] { Array(try take(Int(try u16()))) }
 
+    /// True when every byte was read: where a field was added at the end of a message, its
+    /// absence means an older sender.
+    var atEnd: Bool { pos == bytes.count }
+
     func finish() throws(JournalError) {
         if pos != bytes.count { throw .malformed("\(bytes.count - pos) trailing bytes in frame") }
     }

@@ -85,9 +85,10 @@ final class Keeper: Sendable {
     /// Serves one authenticated tap connection until it closes.
     func serveTap(_ ch: JournalChannel) {
         let tapID: BytesKey
+        let wantsApplied: Bool
         do {
-            guard case .tapStart(let id) = try ch.receive() else { return }
-            tapID = BytesKey(id)
+            guard case .tapStart(let id, let wants) = try ch.receive() else { return }
+            (tapID, wantsApplied) = (BytesKey(id), wants)
             let acked = state.withLock { $0.taps[tapID]?.lastSeq ?? 0 }
             try ch.send(.tapWelcome(runID: runID, ackedSeq: acked))
             try ch.stream.socket.setIOTimeout(milliseconds: 0)
@@ -95,7 +96,7 @@ final class Keeper: Sendable {
             Log.warning("keeper", "tap \(ch.peer): \(error)")
             return
         }
-        let link = TapLink(ch, tapID: tapID)
+        let link = TapLink(ch, tapID: tapID, wantsApplied: wantsApplied)
         state.update { $0.tapLinks[ObjectIdentifier(link)] = link }
         defer { state.update { $0.tapLinks[ObjectIdentifier(link)] = nil } }
         let closed = Monitor(false)
@@ -201,7 +202,7 @@ final class Keeper: Sendable {
         var lastKeepalive: UInt64 = 0
         let keepaliveNanos = UInt64(JournalTiming.keepaliveMs) * 1_000_000
         let urgent = { (s: State) in
-            s.stopping || (s.taps[tapID]?.appliedSeq ?? 0) > link.sentApplied.load(ordering: .relaxed)
+            s.stopping || link.hasAppliedNews(s.taps[tapID]?.appliedSeq ?? 0)
                 || s.followerInSync != sentSync || ch.hasLeftover
         }
         while !closed.withLock({ $0 }) {
@@ -369,7 +370,7 @@ final class Keeper: Sendable {
                     s.taps[tid] = t
                 }
                 let news = s.tapLinks.values.compactMap { link -> (TapLink, UInt64)? in
-                    guard let a = s.taps[link.tapID]?.appliedSeq, a > link.sentApplied.load(ordering: .relaxed) else { return nil }
+                    guard let a = s.taps[link.tapID]?.appliedSeq, link.hasAppliedNews(a) else { return nil }
                     return (link, a)
                 }
                 return (news, becameInSync)

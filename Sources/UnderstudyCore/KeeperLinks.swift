@@ -8,18 +8,27 @@ import Synchronization
 final class TapLink: Sendable {
     let ch: JournalChannel
     let tapID: BytesKey
+    /// False for an async tap: nothing there waits on applied seqs, and relaying one per
+    /// follower ack would wake its reader about a thousand times a second for nothing.
+    let wantsApplied: Bool
     /// The highest applied seq sent; changed only under the channel's send lock.
     let sentApplied = Atomic<UInt64>(0)
 
-    init(_ ch: JournalChannel, tapID: BytesKey) {
+    init(_ ch: JournalChannel, tapID: BytesKey, wantsApplied: Bool) {
         self.ch = ch
         self.tapID = tapID
+        self.wantsApplied = wantsApplied
+    }
+
+    /// Whether `applied` should go to this tap.
+    func hasAppliedNews(_ applied: UInt64) -> Bool {
+        wantsApplied && applied > sentApplied.load(ordering: .relaxed)
     }
 
     /// The applied message if `applied` is news. Call under the channel's send lock, so two
     /// threads never both send (or both skip) the same news.
     func appliedNews(_ applied: UInt64) -> [Message] {
-        guard applied > sentApplied.load(ordering: .relaxed) else { return [] }
+        guard hasAppliedNews(applied) else { return [] }
         sentApplied.store(applied, ordering: .relaxed)
         return [.tapApplied(seq: applied)]
     }

@@ -36,7 +36,7 @@ extension TapEmitter {
         let socket = ch.stream.socket
         defer { ch.close() }
         do {
-            try ch.send(.tapStart(tapID: tapID))
+            try ch.send(.tapStart(tapID: tapID, wantsApplied: options.mode != .async))
             guard case .tapWelcome(_, let keeperAcked) = try ch.receive() else {
                 throw Handshake.Failure.channel(.journal(.unexpected("expected tap welcome")))
             }

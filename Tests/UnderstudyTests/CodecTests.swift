@@ -154,7 +154,7 @@ struct JournalWireTests {
         .auth(kind: .tap, mac: [UInt8](repeating: 1, count: 32), nonce: [UInt8](repeating: 2, count: 32)),
         .authOK(mac: [UInt8](repeating: 3, count: 32)),
         .refused(reason: "no"),
-        .tapStart(tapID: [1, 2, 3]),
+        .tapStart(tapID: [1, 2, 3], wantsApplied: false), .tapStart(tapID: [4], wantsApplied: true),
         .tapWelcome(runID: 5, ackedSeq: 6),
         .records([TapRecord(seq: 1, op: .write, key: Array("a".utf8)), TapRecord(seq: 2, op: .flush, key: [])]),
         .tapAck(seq: 3), .tapApplied(seq: 4), .tapGap(fromSeq: 10, lost: 5), .syncState(followerInSync: true),
