@@ -42,8 +42,15 @@ do {
     if all || args.contains("sync") { try SyncBench.run(runs: runs, table: table) }
     if all || args.contains("rss") { try RSSBench.run(keys: quick ? 200_000 : 1_000_000, table: table) }
 } catch {
-    log("error: \(error)")
+    log("error: \(error); logs kept in \(Env.dir)")
     table.print()
     exit(1)
 }
 table.print()
+// A run that finished leaves nothing behind (each held memcached logs and a Redis dump, and
+// they piled up by the hundred); BENCH_KEEP=1 keeps them for inspection.
+if ProcessInfo.processInfo.environment["BENCH_KEEP"] == nil {
+    try? FileManager.default.removeItem(atPath: Env.dir)
+} else {
+    log("logs kept in \(Env.dir)")
+}
