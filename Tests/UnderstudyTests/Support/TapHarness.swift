@@ -18,8 +18,20 @@ final class TapHarness: @unchecked Sendable {
          threads: Int = TapProxy.Options.defaultThreads) throws {
         memcached = try MemcachedServer()
         dir = Paths.tempDir("tap")
-        journalPort = Ports.free()
-        node = try Self.keeper(dir: dir, port: journalPort, memcached: memcached.address)
+        // A port checked free can still be taken before the keeper binds it (one CI run
+        // lost a test to "Address already in use", by whom not found), so a taken port is
+        // traded for another, a few times, rather than failing the test.
+        var attempt = 0
+        while true {
+            let port = Ports.free()
+            do {
+                node = try Self.keeper(dir: dir, port: port, memcached: memcached.address)
+                journalPort = port
+                break
+            } catch let e as Node.StartError where attempt < 4 && e.description.contains("errno \(EADDRINUSE)") {
+                attempt += 1
+            }
+        }
         emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
         proxy = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: 0), memcached: memcached.endpoint, threads: threads), emitter: emitter)
         proxy.start()
