@@ -17,25 +17,18 @@ final class MemcachedServer: @unchecked Sendable {
         guard let bin = Paths.which("memcached") else { throw TestFailure("memcached is not installed (apt-get install memcached)") }
         self.dir = dir ?? Paths.tempDir("mc")
         self.placement = placement
-        // A port checked free can still be taken before memcached binds it (by another test's
-        // server, or a restarted one's old sockets still closing). Bounded retries: a fresh
-        // port when none was asked for, the same one after a pause when it was.
-        var attempt = 0
-        while true {
-            attempt += 1
-            let p = port ?? Ports.free()
+        let logDir = self.dir
+        (self.port, self.child) = try Ports.starting(fixed: port) { p in
             var args = ["-p", String(p), "-l", placement.host, "-U", "0", "-m", String(memoryMB), "-t", "2"]
             if getuid() == 0 { args += ["-u", "root"] }
-            let child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: self.dir, launcher: placement.launcher)
+            let child = try ChildProcess(bin, args + extraArgs, name: "memcached-\(p)", logDir: logDir, launcher: placement.launcher)
             do {
                 try Self.waitReady(child, Endpoint(host: placement.host, port: p))
-                self.port = p
-                self.child = child
-                return
+                return (p, child)
             } catch {
                 child.kill9()
-                guard attempt < 5, child.log.contains("Address already in use") else { throw error }
-                usleep(200_000)
+                if child.log.contains("Address already in use") { throw Ports.Taken(error: error) }
+                throw error
             }
         }
     }

@@ -17,6 +17,26 @@ enum Ports {
         fatalError("no free loopback port found")
     }
 
+    /// Thrown by a `starting` closure when its server found the port taken; `error` is what
+    /// the caller gets if no try is left.
+    struct Taken: Error { let error: any Error }
+
+    /// Starts a server on a free port (or on `fixed`). A port checked free can still be taken
+    /// before the server binds it (by another test's server, a restarted one's old sockets
+    /// still closing, or, once in CI, something not found), so when `start` throws `Taken`
+    /// it is tried again after a pause: on a fresh port, or on `fixed` again. Five tries.
+    static func starting<T>(fixed: UInt16? = nil, _ start: (UInt16) throws -> T) throws -> T {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let p = fixed ?? free()
+            do { return try start(p) } catch let taken as Taken {
+                if attempt == 5 { throw taken.error }
+                usleep(200_000)
+            }
+        }
+    }
+
     static func isFree(_ port: UInt16) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }

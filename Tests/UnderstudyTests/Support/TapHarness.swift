@@ -18,18 +18,12 @@ final class TapHarness: @unchecked Sendable {
          threads: Int = TapProxy.Options.defaultThreads) throws {
         memcached = try MemcachedServer()
         dir = Paths.tempDir("tap")
-        // A port checked free can still be taken before the keeper binds it (one CI run
-        // lost a test to "Address already in use", by whom not found), so a taken port is
-        // traded for another, a few times, rather than failing the test.
-        var attempt = 0
-        while true {
-            let port = Ports.free()
+        let (dir, address) = (dir, memcached.address)
+        (journalPort, node) = try Ports.starting { port in
             do {
-                node = try Self.keeper(dir: dir, port: port, memcached: memcached.address)
-                journalPort = port
-                break
-            } catch let e as Node.StartError where attempt < 4 && e.description.contains("errno \(EADDRINUSE)") {
-                attempt += 1
+                return (port, try Self.keeper(dir: dir, port: port, memcached: address))
+            } catch let e as Node.StartError where e.description.contains("errno \(EADDRINUSE)") {
+                throw Ports.Taken(error: e)
             }
         }
         emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
