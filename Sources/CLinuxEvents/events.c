@@ -1,6 +1,7 @@
 #include "CLinuxEvents.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <time.h>
 #include <sys/eventfd.h>
@@ -37,4 +38,12 @@ int ule_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 
 int ule_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}
+
+int ule_tune_malloc(int arena_max, int top_pad, int mmap_threshold, int trim_threshold) {
+    if (!mallopt(M_ARENA_MAX, arena_max)) return 1;
+    if (!mallopt(M_TOP_PAD, top_pad)) return 2;
+    if (!mallopt(M_MMAP_THRESHOLD, mmap_threshold)) return 3;
+    if (!mallopt(M_TRIM_THRESHOLD, trim_threshold)) return 4;
+    return 0;
 }

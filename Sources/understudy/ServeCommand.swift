@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import UnderstudyCore
 import UnderstudyPosix
@@ -17,6 +18,11 @@ enum ServeCommand {
             return 64
         }
         Log.setLevel(config.logLevel)
+        switch Allocator.holdMemoryMapSteady(environment: ProcessInfo.processInfo.environment) {
+        case .tuned: break
+        case .leftToOperator: Log.info("node", "GLIBC_TUNABLES sets malloc: leaving the allocator as configured")
+        case .refused(let setting): Log.warning("node", "glibc refused mallopt(\(setting)): the journal's growth may stall on memory-map locks")
+        }
         let node: Node
         do { node = try Node(config) } catch {
             printError("understudy serve: \(error)")

@@ -1,7 +1,7 @@
 #ifndef CLINUXEVENTS_H
 #define CLINUXEVENTS_H
 
-// epoll, eventfd and prctl, which Swift's Glibc module does not export or cannot call. The wrappers take and return
+// epoll, eventfd, prctl and mallopt, which Swift's Glibc module does not export or cannot call. The wrappers take and return
 // plain integers because `struct epoll_event` is packed on x86-64, a layout Swift code should
 // not have to reason about.
 
@@ -15,6 +15,9 @@ int ule_eventfd(void);
 /// Names the calling thread for the kernel (prctl PR_SET_NAME, truncated to 15 bytes):
 /// prctl is variadic, so Swift cannot call it.
 int ule_set_thread_name(const char *name);
+/// mallopt(M_ARENA_MAX, M_TOP_PAD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD) in that order: 0 when
+/// glibc took all four, else the 1-based position of the first it refused.
+int ule_tune_malloc(int arena_max, int top_pad, int mmap_threshold, int trim_threshold);
 
 enum {
     ULE_EPOLLIN = 0x001,
