@@ -27,6 +27,9 @@ public final class Node: Sendable {
 
     public struct StartError: Error, CustomStringConvertible {
         public let description: String
+        /// The system call's errno where one refused (EADDRINUSE: the port is taken), so a
+        /// caller can act on the cause without reading the text.
+        public var errno: Int32? = nil
     }
 
     public init(_ config: Config) throws(StartError) {
@@ -54,7 +57,7 @@ public final class Node: Sendable {
             controlListener = try Listener.unix(path: config.control, mode: 0o600)
             metricsListener = try config.metrics.map { (e) throws(SystemError) in try Listener.tcp(e) }
         } catch {
-            throw StartError(description: "cannot listen: \(error)")
+            throw StartError(description: "cannot listen: \(error)", errno: error.errno)
         }
         state = Monitor(State(role: config.role, persisted: persisted))
     }

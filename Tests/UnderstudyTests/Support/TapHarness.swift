@@ -22,7 +22,7 @@ final class TapHarness: @unchecked Sendable {
         (journalPort, node) = try Ports.starting { port in
             do {
                 return (port, try Self.keeper(dir: dir, port: port, memcached: address))
-            } catch let e as Node.StartError where e.description.contains("errno \(EADDRINUSE)") {
+            } catch let e as Node.StartError where e.errno == EADDRINUSE {
                 throw Ports.Taken(error: e)
             }
         }
