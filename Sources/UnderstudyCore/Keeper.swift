@@ -112,7 +112,7 @@ final class Keeper: Sendable {
                 return
             }
             switch m {
-            case .records(let recs): journal(recs, tapID: tapID)
+            case .records(let recs): journal(recs, tapID: tapID, ackCoalesceMs: link.ackCoalesceMs)
             case .tapGap(let from, let lost): journalGap(tapID: tapID, from: from, lost: lost, reason: "tap reported buffer overflow")
             default:
                 Log.warning("keeper", "tap \(ch.peer) sent an unexpected message; closing")
@@ -121,7 +121,7 @@ final class Keeper: Sendable {
         }
     }
 
-    func journal(_ recs: [TapRecord], tapID: BytesKey) {
+    func journal(_ recs: [TapRecord], tapID: BytesKey, ackCoalesceMs: Int) {
         let stamp = Clock.wallNanos()
         let now = Clock.monoNanos()
         let (link, ackDue) = state.update(signalling: { s -> ((FollowerLink?, Bool), wake: Bool) in
@@ -140,7 +140,7 @@ final class Keeper: Sendable {
             }
             tap.marks.append((s.backlog.lastOffset, tap.lastSeq))
             if tap.marks.count > 4096 { tap.marks.removeFirst(2048) }
-            let ackDue = now - tap.lastAckWake >= Self.ackCoalesceNanos
+            let ackDue = now - tap.lastAckWake >= UInt64(ackCoalesceMs) * 1_000_000
             if ackDue { tap.lastAckWake = now }
             s.taps[tapID] = tap
             return ((s.followerLink, ackDue), false)
@@ -157,9 +157,6 @@ final class Keeper: Sendable {
         }
         if !streamed || ackDue { state.update { _ in } }
     }
-
-    /// How long a tap's writer may sleep on unacknowledged records (it coalesces acks).
-    static let ackCoalesceNanos: UInt64 = 2_000_000
 
     /// Appends the next stream frame for the follower to `out`: true if there was news,
     /// false if nothing is new, nil when the follower fell behind the backlog. Call under the
@@ -210,10 +207,10 @@ final class Keeper: Sendable {
                                   timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping }
             if !stop && !state.withLock({ urgent($0) }) {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
-                // coalesce them for up to 2 ms rather than answer every batch with a wake-up
-                // and a write. An applied seq (a sync-mode client is waiting on it) or a sync
-                // state change ends the wait at once.
-                stop = state.wait(until: urgent, timeoutMs: 2) { s, _ in s.stopping }
+                // coalesce them (`TapLink.ackCoalesceMs`) rather than answer every batch with
+                // a wake-up and a write. An applied seq (a sync-mode client is waiting on it)
+                // or a sync state change ends the wait at once.
+                stop = state.wait(until: urgent, timeoutMs: link.ackCoalesceMs) { s, _ in s.stopping }
             }
             if stop { ch.stream.socket.shutdown(); return }
             do {

@@ -14,6 +14,13 @@ final class TapLink: Sendable {
     /// The highest applied seq sent; changed only under the channel's send lock.
     let sentApplied = Atomic<UInt64>(0)
 
+    /// How long acks to this tap may wait to go out together. Acks only let the tap free its
+    /// buffer; a sync or strict tap hears them sooner because its reader wakes for applied
+    /// seqs anyway, while an async tap's reader wakes for nothing else: 10 ms there cut the
+    /// keeper's tap-writer and the tap's ack reader from about 900 and 430 wake-ups a second
+    /// to a quarter (one connection of sets, 24k/s), at up to 500 more records held at 50k/s.
+    var ackCoalesceMs: Int { wantsApplied ? 2 : 10 }
+
     init(_ ch: JournalChannel, tapID: BytesKey, wantsApplied: Bool) {
         self.ch = ch
         self.tapID = tapID

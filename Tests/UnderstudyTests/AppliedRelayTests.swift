@@ -1,11 +1,13 @@
+import Glibc
 import JournalWire
 import Testing
 import UnderstudyPosix
 
 /// The keeper tells a tap which of its records the follower applied only when the tap asked
 /// (sync and strict taps): an async tap has nobody waiting, and the news would wake it about
-/// a thousand times a second. Two raw taps against a real pair show both sides of that.
-@Suite("applied seqs go only to taps that wait on them", .serialized)
+/// a thousand times a second. Two raw taps against a real pair show both sides of that. And
+/// an async tap's acks, which only free its buffer, are coalesced longer than a sync tap's.
+@Suite("what the keeper tells a tap, by mode", .serialized)
 struct AppliedRelayTests {
     @Test func onlyTheTapThatAskedHearsWhatWasApplied() throws {
         let h = try PairHarness()
@@ -31,6 +33,26 @@ struct AppliedRelayTests {
         let wrong = heard.filter { if case .tapApplied = $0 { true } else { false } }
         #expect(wrong.isEmpty, "the async tap was sent \(wrong)")
         #expect(heard.contains(.syncState(followerInSync: true)), "the async tap still hears the keepalive")
+    }
+
+    @Test func acksToAnAsyncTapAreCoalesced() throws {
+        let h = try PairHarness()
+        try h.waitCaughtUp()
+        let tap = try rawTap(h, id: "coalesced", wantsApplied: false)
+        defer { tap.close() }
+        let start = Clock.monoNanos()
+        for seq in 1...400 {
+            try tap.send(.records([TapRecord(seq: UInt64(seq), op: .write, key: Array("coalesce-\(seq)".utf8))]))
+            usleep(1000)
+        }
+        let heard = try frames(tap, within: 5000) { $0 == .tapAck(seq: 400) }
+        let elapsedMs = Double(Clock.monoNanos() - start) / 1e6
+        #expect(heard.last == .tapAck(seq: 400), "every record is still acknowledged")
+        // Coalescing bounds the ack rate from above, so a slow machine only makes fewer: at
+        // most one per `ackCoalesceMs` (10), plus the first, which goes at once. At a sync
+        // tap's 2 ms this would be about five times as many.
+        let acks = heard.filter { if case .tapAck = $0 { true } else { false } }.count
+        #expect(Double(acks) <= elapsedMs / 10 + 3, "\(acks) acks in \(Int(elapsedMs)) ms")
     }
 
     @Test func aTapStartWithoutTheFlagIsATapThatWaits() throws {
