@@ -117,9 +117,13 @@ public final class TappedClient {
         let reply = try call(mayHaveApplied: changes) { () throws(MemcacheError) in try connection.meta(request) }
         let ok = reply.status == .hd || reply.status == .va
         // `N` creates the item whether or not the get found it; the rest changed only if it succeeded.
-        let vivifies = request.command == .get && request.flags.contains { $0.hasPrefix("N") }
-        if ok || vivifies { for (op, key) in changes { try journal(op, key) } }
+        if ok || Self.vivifies(request) { for (op, key) in changes { try journal(op, key) } }
         return reply
+    }
+
+    /// An `mg` with `N`: it creates the item on a miss.
+    static func vivifies(_ request: MetaRequest) -> Bool {
+        request.command == .get && request.flags.contains { $0.hasPrefix("N") }
     }
 
     /// What a meta request may change: journaled once it succeeded (`N`: always), and when
@@ -129,7 +133,7 @@ public final class TappedClient {
         case .set, .arithmetic: return [(.write, request.key)]
         case .delete: return [(.delete, request.key)]
         case .get:
-            if request.flags.contains(where: { $0.hasPrefix("N") }) { return [(.write, request.key)] }
+            if vivifies(request) { return [(.write, request.key)] }
             if request.flags.contains(where: { $0.hasPrefix("T") }) { return [(.touch, request.key)] }
             return []
         case .noop: return []
