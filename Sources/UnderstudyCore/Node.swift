@@ -122,6 +122,12 @@ public final class Node: Sendable {
         do {
             kind = try Handshake.accept(ch, secret: secret, epoch: epoch)
         } catch {
+            if case .channel(.stream(.closed)) = error, ch.stream.buffered == 0 {
+                // Gone without a byte: a port check (a load balancer's, `nc -z`, a monitor's),
+                // not a failed handshake. Counting it as one would page someone for nothing.
+                Log.debug("node", "journal connection from \(conn.remoteAddress) closed before the handshake (a port check?)")
+                return
+            }
             Log.warning("node", "journal connection from \(conn.remoteAddress) refused: \(error)")
             keeper?.state.update { $0.counters.authFailures += 1 }
             return

@@ -111,6 +111,23 @@ struct RoleTests {
         #expect(!FileManager.default.fileExists(atPath: flag2))
     }
 
+    @Test func aPortCheckIsNotAFailedHandshake() throws {
+        let h = try PairHarness(startFollower: false)
+        let journal = Endpoint(host: "127.0.0.1", port: h.activePort)
+        // What a load balancer's or a monitor's TCP check does: connect, leave.
+        for _ in 0..<3 { try Socket.connect(to: journal, timeoutMs: 2000).close() }
+        usleep(500_000)
+        // One byte and gone is a broken handshake, and still counted as one.
+        let partial = try Socket.connect(to: journal, timeoutMs: 2000)
+        try partial.write([0x01])
+        partial.close()
+        #expect(waitUntil(10) { (try? h.status("a").keeper?.counters.authFailures) == 1 })
+        usleep(300_000)
+        #expect(try h.status("a").keeper?.counters.authFailures == 1, "the port checks were counted as failed handshakes")
+        let warnings = h.keeper!.log.components(separatedBy: "journal connection from").count - 1
+        #expect(warnings == 1, "one warning, for the broken handshake only:\n\(h.keeper!.log)")
+    }
+
     @Test func wrongSecretIsRefusedAndLogged() throws {
         let h = try PairHarness(secret: "right-secret", startFollower: false)
         let wrong = h.dir + "/wrong"
