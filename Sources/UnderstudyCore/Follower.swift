@@ -43,6 +43,9 @@ final class Follower: Sendable {
         /// The applied offset last acked on this connection.
         var ackSent: UInt64?
         var lastInSync: Int64?
+        /// Links that reached sync, counted: the retry loop starts over at its shortest wait
+        /// only after an attempt got this far.
+        var linksInSync = 0
         /// Whether the local memcached holds a complete copy as of `applied` (false from the
         /// moment a full sync is needed until one finishes). Only a valid copy is persisted.
         var copyValid = false
@@ -55,6 +58,7 @@ final class Follower: Sendable {
         /// complete copy and applying the stream. How far behind is `lag*`, reported apart.
         mutating func markStreaming() {
             guard connected && copyValid && fullSyncReason == nil else { return }
+            if !inSync { linksInSync += 1 }
             phase = "streaming"
             inSync = true
             lastInSync = Clock.unixSeconds()
@@ -134,13 +138,19 @@ final class Follower: Sendable {
         loadPosition()
         Threads.start("follower-position") { [self] in savePositionLoop() }
         while !stopping {
+            let reachedBefore = state.withLock { $0.linksInSync }
             do throws(FollowerFailure) {
                 if copier == nil { copier = try makeCopier() }
-                let ch = try connect()
-                backoffMs = 100
-                lastLogged = ""
-                try follow(ch, copier: copier!)
+                try follow(try connect(), copier: copier!)
             } catch {
+                // Connecting is not progress: a full sync the active refuses every time (its
+                // LRU crawler disabled, say) fails right after each connect, and resetting
+                // there retried it ten times a second, with a warning each time, for good.
+                // Only a link that reached sync starts the next one over at 100 ms.
+                if state.withLock({ $0.linksInSync }) != reachedBefore {
+                    backoffMs = 100
+                    lastLogged = ""
+                }
                 if case .memcached = error { copier = nil }
                 state.update { s in
                     s.lastError = error.description

@@ -103,6 +103,25 @@ struct ReplicationTests {
         #expect(h.follower!.log.contains("local memcached restarted"))
     }
 
+    @Test func aFullSyncTheActiveRefusesBacksOffQuietly() throws {
+        // Full sync lists keys with `lru_crawler metadump`, which this memcached refuses.
+        let h = try PairHarness(activeMemcachedArgs: ["-o", "no_lru_crawler"])
+        #expect(waitUntil(10) { (try? h.status("b").follower?.lastError)??.contains("lru crawler disabled") == true },
+                "the operator sees why: \(h.follower!.log.suffix(2000))")
+        // Each attempt opens about ten connections to the active memcached (its stats, the
+        // metadump, the copiers). Backed off (by now to the 2 s ceiling), 6 s hold three or
+        // four attempts: 36 connections measured. Retrying every 100 ms, as a reset after
+        // each connect did: 342, and 58 warnings.
+        let stats = try MemcacheConnection(h.active.endpoint, ioTimeoutMs: 5000)
+        defer { stats.close() }
+        let before = Int(try stats.stats()["total_connections"] ?? "") ?? 0
+        usleep(6_000_000)
+        let made = (Int(try stats.stats()["total_connections"] ?? "") ?? 0) - before
+        #expect(made <= 100, "\(made) connections to the active memcached in 6 s of retrying")
+        let warnings = h.follower!.log.components(separatedBy: "lru crawler disabled").count - 1
+        #expect(warnings <= 2, "the same failure is logged once, not per retry:\n\(h.follower!.log.suffix(3000))")
+    }
+
     @Test func fullSyncOfAMillionKeysWhileWritesContinue() throws {
         let h = try PairHarness(startFollower: false, activeMemoryMB: 1024)
         // Pre-fill the active directly (not journaled): only a full sync can copy these.

@@ -29,7 +29,8 @@ final class PairHarness: @unchecked Sendable {
 
     /// With `nodes`, the daemons listen on the namespaces' addresses, which needs a secret
     /// (protected mode): pass one.
-    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256, tapMode: String = "async",
+    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256,
+         activeMemcachedArgs: [String] = [], tapMode: String = "async",
          keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"],
          nodes: NodeNamespaces? = nil) throws {
         dir = Paths.tempDir("pair")
@@ -38,7 +39,7 @@ final class PairHarness: @unchecked Sendable {
         self.followerArgs = followerArgs
         a = nodes?.a ?? .loopback
         b = nodes?.b ?? .loopback
-        active = try MemcachedServer(memoryMB: activeMemoryMB, placement: a)
+        active = try MemcachedServer(memoryMB: activeMemoryMB, extraArgs: activeMemcachedArgs, placement: a)
         passive = try MemcachedServer(memoryMB: activeMemoryMB, placement: b)
         if let secret {
             self.secret = dir + "/secret"
