@@ -112,7 +112,7 @@ final class Keeper: Sendable {
                 return
             }
             switch m {
-            case .records(let recs): journal(recs, tapID: tapID, ackCoalesceMs: link.ackCoalesceMs)
+            case .records(let recs): journal(recs, from: link)
             case .tapGap(let from, let lost): journalGap(tapID: tapID, from: from, lost: lost, reason: "tap reported buffer overflow")
             default:
                 Log.warning("keeper", "tap \(ch.peer) sent an unexpected message; closing")
@@ -121,7 +121,8 @@ final class Keeper: Sendable {
         }
     }
 
-    func journal(_ recs: [TapRecord], tapID: BytesKey, ackCoalesceMs: Int) {
+    func journal(_ recs: [TapRecord], from tapLink: TapLink) {
+        let tapID = tapLink.tapID
         let stamp = Clock.wallNanos()
         let now = Clock.monoNanos()
         let (link, ackDue) = state.update(signalling: { s -> ((FollowerLink?, Bool), wake: Bool) in
@@ -140,7 +141,7 @@ final class Keeper: Sendable {
             }
             tap.marks.append((s.backlog.lastOffset, tap.lastSeq))
             if tap.marks.count > 4096 { tap.marks.removeFirst(2048) }
-            let ackDue = now - tap.lastAckWake >= UInt64(ackCoalesceMs) * 1_000_000
+            let ackDue = now - tap.lastAckWake >= UInt64(tapLink.ackCoalesceMs) * 1_000_000
             if ackDue { tap.lastAckWake = now }
             s.taps[tapID] = tap
             return ((s.followerLink, ackDue), false)
