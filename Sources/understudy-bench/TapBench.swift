@@ -11,9 +11,20 @@ enum TapBench {
         try pair.startTap()
         let twem = try Twemproxy(pair.srcEP)
         defer { twem?.stop() }
+        // The proxy as the issue compares it is the tap and its keeper. A second pair adds
+        // what replication costs besides: a follower streaming from that keeper, whose `mg`
+        // for every set lands on the active memcached, measured for sets only. Its follower
+        // and passive memcached share these two cores, where production gives them a node of
+        // their own, so that row understates what an active node sees.
+        let following = try BenchPair.replicating(tap: true)
+        defer { following.stop() }
         let targets: [(String, Endpoint)] = [("direct", pair.srcEP), ("tap", pair.tapEP!)] + (twem.map { [("twemproxy", $0.endpoint)] } ?? [])
+            + [(Self.following, following.tapEP!)]
         // What each proxy's own processes spend per request: the tap pays for its keeper too.
-        let proxyProcesses: [String: [Spawned]] = ["tap": [pair.tap!, pair.keeper!], "twemproxy": twem.map { [$0.process] } ?? []]
+        let proxyProcesses: [String: [Spawned]] = ["tap": [pair.tap!, pair.keeper!], "twemproxy": twem.map { [$0.process] } ?? [],
+                                                   Self.following: [following.tap!, following.keeper!]]
+        // What the memcached behind each spends per request: the follower's reads show here.
+        let memcacheds: [String: Spawned] = ["direct": pair.src, "tap": pair.src, "twemproxy": pair.src, Self.following: following.src]
         // 1 connection: what the proxy adds to a request when nothing queues (its own cost).
         // 4, and 32 as a PHP-FPM pool would open: under saturation p50 is mostly queueing,
         // so there latency follows throughput; many clients is what an event loop is for.
@@ -23,41 +34,55 @@ enum TapBench {
         let ops = env["TAP_OPS"].map { [$0 == "set"] } ?? [false, true]
         for conns in connCounts {
             for sets in ops {
-                try measure(conns: conns, sets: sets, targets: targets, processes: proxyProcesses, runs: runs, seconds: seconds, table: table)
+                try measure(conns: conns, sets: sets, targets: sets ? targets : targets.filter { $0.0 != Self.following },
+                            processes: proxyProcesses, memcacheds: memcacheds, runs: runs, seconds: seconds, table: table)
             }
         }
     }
 
+    /// The tap in front of a pair whose follower streams.
+    static let following = "tap, following"
+
     static func measure(conns: Int, sets: Bool, targets: [(String, Endpoint)], processes: [String: [Spawned]],
-                        runs: Int, seconds: Double, table: Table) throws {
+                        memcacheds: [String: Spawned], runs: Int, seconds: Double, table: Table) throws {
         let op = sets ? "set" : "get"
-        var ops: [String: Figure] = [:], p50: [String: Figure] = [:], p99: [String: Figure] = [:], cpu: [String: Figure] = [:]
+        var ops: [String: Figure] = [:], p50: [String: Figure] = [:], p99: [String: Figure] = [:]
+        var cpu: [String: Figure] = [:], mcCPU: [String: Figure] = [:]
         for r in 1...runs {
             for (name, ep) in targets {
                 let procs = processes[name] ?? []
-                let cpuBefore = procs.reduce(0) { $0 + $1.cpuMicros }
+                let mc = memcacheds[name].map { [$0] } ?? []
+                let cpuBefore = procs.reduce(0) { $0 + $1.cpuMicros }, mcBefore = mc.reduce(0) { $0 + $1.cpuMicros }
                 let res = try roundTrips({ try MemcacheKV(ep) }, threads: conns, seconds: seconds, sets: sets)
-                let cpuUsed = procs.reduce(0) { $0 + $1.cpuMicros } - cpuBefore
+                let cpuUsed = procs.reduce(0) { $0 + $1.cpuMicros } - cpuBefore, mcUsed = mc.reduce(0) { $0 + $1.cpuMicros } - mcBefore
+                let requests = max(1, res.ops * res.seconds)
                 ops[name, default: Figure()].values.append(res.ops)
                 p50[name, default: Figure()].values.append(res.p50)
                 p99[name, default: Figure()].values.append(res.p99)
-                if !procs.isEmpty { cpu[name, default: Figure()].values.append(cpuUsed / max(1, res.ops * res.seconds)) }
+                if !procs.isEmpty { cpu[name, default: Figure()].values.append(cpuUsed / requests) }
+                if !mc.isEmpty { mcCPU[name, default: Figure()].values.append(mcUsed / requests) }
                 log("\(op) \(conns) conns via \(name) run \(r): \(fmt(res.ops)) ops/s p50 \(fmt(res.p50)) µs p99 \(fmt(res.p99)) µs")
             }
         }
         for (name, _) in targets {
             let label = "\(op) \(conns) conns via \(name)"
+            // Both taps are compared with twemproxy; the goal is the proxy's (see `run`).
+            let vsTwemproxy = name == "tap" || name == Self.following
             let tw = ops["twemproxy"]?.median
-            table.add(label, "ops/s", ops[name]!, baseline: name == "tap" ? "twemproxy" : "",
-                      ratio: name == "tap" ? tw.map { ops[name]!.median / $0 } : nil, goal: name == "tap" ? "≥ 1.0×" : "")
+            table.add(label, "ops/s", ops[name]!, baseline: vsTwemproxy ? "twemproxy" : "",
+                      ratio: vsTwemproxy ? tw.map { ops[name]!.median / $0 } : nil, goal: name == "tap" ? "≥ 1.0×" : "")
             let added = p50[name]!.median - p50["direct"]!.median
             table.add(label, "p50 µs", p50[name]!, baseline: name == "direct" ? "" : "+\(fmt(added)) µs vs direct",
                       goal: name == "tap" ? "≤ +25 µs" : "")
             table.add(label, "p99 µs", p99[name]!)
             if let c = cpu[name] {
                 let tw = cpu["twemproxy"]?.median
-                table.add(label, "proxy CPU µs/request", c, baseline: name == "tap" ? "twemproxy" : "",
-                          ratio: name == "tap" ? tw.map { c.median / $0 } : nil)
+                table.add(label, "proxy CPU µs/request", c, baseline: vsTwemproxy ? "twemproxy" : "",
+                          ratio: vsTwemproxy ? tw.map { c.median / $0 } : nil)
+            }
+            if sets, let m = mcCPU[name] {
+                table.add(label, "memcached CPU µs/request", m, baseline: name == "direct" ? "" : "direct",
+                          ratio: name == "direct" ? nil : mcCPU["direct"].map { m.median / $0.median })
             }
         }
     }
