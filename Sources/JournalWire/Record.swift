@@ -10,6 +10,10 @@ public enum RecordOp: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// Records were lost between a tap and the keeper: the follower must full sync.
     case gap = 5
 
+    /// A change to one key, which the follower copies; a flush or a gap acts on the whole
+    /// copy and must be applied in its place in the order.
+    public var isKeyChange: Bool { self == .write || self == .delete || self == .touch }
+
     public var description: String {
         switch self {
         case .write: return "write"

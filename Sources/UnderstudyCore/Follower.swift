@@ -51,6 +51,13 @@ final class Follower: Sendable {
         var copyValid = false
         /// The memcached processes the copy is of and in; a restart of either voids it.
         var identities = Identities()
+        /// Who holds the copier. The applier thread does, except while it sleeps waiting for
+        /// records (`applierIdle`); then the stream reader may apply what it just read
+        /// itself (`readerApplying`), and the applier, woken meanwhile, waits for it to
+        /// finish (`applierWaiting`, so the reader knows to wake it). See `readStream`.
+        var applierIdle = false
+        var readerApplying = false
+        var applierWaiting = false
 
         var pending: Int { queue.count }
 

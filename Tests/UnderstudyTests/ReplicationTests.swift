@@ -103,6 +103,28 @@ struct ReplicationTests {
         #expect(h.follower!.log.contains("local memcached restarted"))
     }
 
+    /// Writes a few milliseconds apart stream one frame at a time, which the follower's
+    /// stream reader copies itself (`Follower.readStream`). The passive memcached restarting
+    /// under it fails those copies; they must reach the applier and land after all.
+    @Test func singleWritesWhileThePassiveMemcachedRestartsAllArrive() throws {
+        let h = try PairHarness()
+        try h.write(0..<100, prefix: "s")
+        try h.waitCaughtUp()
+        h.passive = try h.passive.restart()
+        for i in 0..<50 {
+            try h.write(i..<(i + 1), prefix: "r")
+            usleep(20_000)
+        }
+        try h.waitCaughtUp()
+        let (code, out) = try h.verify()
+        #expect(code == 0, "\(out)")
+        let c = try MemcacheConnection(h.passive.endpoint)
+        defer { c.close() }
+        for i in [0, 25, 49] {
+            #expect(try c.get(Array("r\(i)".utf8))?.value == Array("value-\(i)".utf8))
+        }
+    }
+
     @Test func aFullSyncTheActiveRefusesBacksOffQuietly() throws {
         // Full sync lists keys with `lru_crawler metadump`, which this memcached refuses.
         let h = try PairHarness(activeMemcachedArgs: ["-o", "no_lru_crawler"])
