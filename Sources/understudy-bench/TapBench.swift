@@ -51,16 +51,16 @@ enum TapBench {
         for r in 1...runs {
             for (name, ep) in targets {
                 let procs = processes[name] ?? []
-                let mc = memcacheds[name].map { [$0] } ?? []
-                let cpuBefore = procs.reduce(0) { $0 + $1.cpuMicros }, mcBefore = mc.reduce(0) { $0 + $1.cpuMicros }
+                let mc = memcacheds[name]
+                let cpuBefore = procs.reduce(0) { $0 + $1.cpuMicros }, mcBefore = mc?.cpuMicros ?? 0
                 let res = try roundTrips({ try MemcacheKV(ep) }, threads: conns, seconds: seconds, sets: sets)
-                let cpuUsed = procs.reduce(0) { $0 + $1.cpuMicros } - cpuBefore, mcUsed = mc.reduce(0) { $0 + $1.cpuMicros } - mcBefore
+                let cpuUsed = procs.reduce(0) { $0 + $1.cpuMicros } - cpuBefore
                 let requests = max(1, res.ops * res.seconds)
                 ops[name, default: Figure()].values.append(res.ops)
                 p50[name, default: Figure()].values.append(res.p50)
                 p99[name, default: Figure()].values.append(res.p99)
                 if !procs.isEmpty { cpu[name, default: Figure()].values.append(cpuUsed / requests) }
-                if !mc.isEmpty { mcCPU[name, default: Figure()].values.append(mcUsed / requests) }
+                if let mc { mcCPU[name, default: Figure()].values.append((mc.cpuMicros - mcBefore) / requests) }
                 log("\(op) \(conns) conns via \(name) run \(r): \(fmt(res.ops)) ops/s p50 \(fmt(res.p50)) µs p99 \(fmt(res.p99)) µs")
             }
         }
