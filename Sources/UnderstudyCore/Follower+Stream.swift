@@ -148,7 +148,6 @@ extension Follower {
         Threads.start("follower-acks") { [self] in ackLoop(ch) }
         var lastCheck: UInt64 = 0
         while !stopping {
-            reclaimCopier()
             if Clock.monoNanos() - lastCheck > 1_000_000_000 {
                 lastCheck = Clock.monoNanos()
                 try checkIdentities(copier)
@@ -167,7 +166,12 @@ extension Follower {
                 s.markStreaming()
                 return (b, s.connected, false)
             }
-            if lent { continue }
+            // The copier is out only if the reader took it during this wait; everywhere
+            // else in the loop `applierIdle` is false, so the reader cannot take it.
+            if lent {
+                reclaimCopier()
+                continue
+            }
             if batch.isEmpty {
                 if draining {
                     Log.info("follower", "drained: applied through offset \(state.withLock { $0.applied })")
