@@ -80,6 +80,10 @@ final class PairHarness: @unchecked Sendable {
         tap = try ChildProcess(Paths.understudy, ["tap", "--listen", "127.0.0.1:\(tapPort)", "--memcached", active.address,
                                                  "--journal", journalA, "--mode", mode, "--sync-timeout", "2000"] + secretArgs,
                                name: "tap", logDir: dir)
+        // Both: the emitter connects to the keeper while the proxy is still being set up,
+        // so the journal link may be up before the tap listens (a test that wrote then was
+        // refused, in CI), and `ready` is printed once it listens.
+        try tap!.waitForLog("understudy tap: ready")
         try tap!.waitForLog("connected to journal keeper")
     }
 
