@@ -183,6 +183,26 @@ check_crash_writes() {  # check_crash_writes TCRASH PREFIX
     check "$2_no_acked_write_lost" [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
 }
 
+# After a failed check, what each node's cluster software and daemon did, so a failure on a
+# CI machine (whose $STATE is gone) can be read from the test's output alone.
+diagnose() {
+    local ns f
+    for ns in $NODES; do
+        for f in "$STATE/$ns/log/ha-log" "$STATE/$ns/log/pacemaker.log" "$STATE/$ns/log/corosync.log"; do
+            [ -f "$f" ] || continue
+            echo "--- $ns: $(basename "$f") (resource actions, errors)"
+            grep -E 'Acquiring|Releasing|Running .*(understudy|IPaddr2)|ERROR|CRIT|[Gg]iving up|takeover|shutdown|[Rr]estart|is dead|returning|acquisition|understudy-ra|Result of' "$f" \
+                | grep -v 'Consider setting\|lock ourselves' | tail -n 60
+        done
+        [ -f "$STATE/$ns/log/ha-debug" ] && { echo "--- $ns: the resource script's own lines"; grep 'understudy-ra' "$STATE/$ns/log/ha-debug" | tail -n 20; }
+        for f in "$STATE/$ns/log/understudy.log" "$STATE/$ns/run/understudy/understudy.log"; do
+            [ -f "$f" ] || continue
+            echo "--- $ns: understudy.log (roles, warnings)"
+            grep -E ' (WARN|ERROR) |node:|hook:' "$f" | tail -n 40
+        done
+    done
+}
+
 # The command line every lab shares; the lab defines can_run and scenario.
 lab_main() {
     case ${1:-run} in
@@ -194,6 +214,7 @@ lab_main() {
             teardown
             scenario || FAILS=$((FAILS + 1))
             result "failures=$FAILS"
+            [ "$FAILS" = 0 ] || diagnose
             log "lab finished in $(el "$T0")s; logs in $STATE"
             [ "$FAILS" = 0 ]
             ;;
