@@ -50,6 +50,45 @@ struct RoleTests {
         #expect(active && epoch == 1)
     }
 
+    /// Heartbeat calls start and stop while a role change may be running (a step-down, or a
+    /// promote still draining its follower). A demote arriving during a promote answered
+    /// "already passive" at once, and the promote then left active a node heartbeat had just
+    /// stopped; a start arriving during a step-down failed, and heartbeat gave the group up.
+    /// A change now waits for the one in progress and acts on the role it left.
+    @Test func aRoleChangeWaitsForTheOneInProgress() throws {
+        let memcached = try MemcachedServer()
+        defer { memcached.stop() }
+        // A keeper that accepts and never says hello: each of the follower's connects waits
+        // out its 2 s handshake timeout, so a promote spends seconds draining the follower.
+        let silent = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
+        defer { silent.close() }
+        let dir = Paths.tempDir("transition")
+        var c = Config()
+        try c.set("memcached", memcached.address)
+        try c.set("listen", "127.0.0.1:\(Ports.free())")
+        try c.set("peer", "127.0.0.1:\(silent.port)")
+        try c.set("peer-memcached", memcached.address)
+        try c.set("on-active-failure", "none")
+        c.control = dir + "/control.sock"
+        c.stateDir = dir + "/state"
+        let node = try Node(c)
+        node.start()
+        defer { node.stop() }
+        usleep(300_000)
+        let promoted = Monitor<String?>(nil)
+        Threads.start("test-promote") {
+            let r = node.promote(reason: "test")
+            promoted.update { $0 = (try? r.get()) ?? "failed" }
+        }
+        usleep(500_000)
+        #expect(promoted.withLock { $0 } == nil, "the promote was meant to be draining the follower still")
+        let demoted = node.demote(reason: "test")
+        #expect(promoted.withLock { $0 } == "active, epoch 1", "the demote returned before the promote it overlapped")
+        #expect((try? demoted.get()) == "passive, epoch 1")
+        #expect(waitUntil(10) { promoted.withLock { $0 } != nil })
+        #expect(node.status.role == "passive", "the last change asked for was the demote")
+    }
+
     @Test func twoActivesMeetAndTheLowerEpochSavesItsOrphansThenResyncs() throws {
         let h = try PairHarness()
         try h.write(0..<300, prefix: "shared")
