@@ -107,6 +107,21 @@ is_passive_in_sync() { [ "$(role_of "$1")" = passive ] && [ "$(field_of "$1" in_
 actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); done; echo $c; }
 one_active() { [ "$(actives)" = 1 ]; }
 
+# Each node's role and whether it holds the VIP, as one line.
+roles_line() { local n; for n in $NODES; do printf '%s=%s%s ' "$n" "$(role_of "$n")" "$(has_vip "$n" && echo +vip)"; done; }
+
+watch_roles() {  # watch_roles SECONDS CMD...: like wait_until, logging each change of roles_line
+    local to=$1 last="" line end; shift
+    end=$(awk -v n="$(now)" -v t="$to" 'BEGIN{printf "%.3f", n+t}')
+    while :; do
+        line=$(roles_line)
+        [ "$line" = "$last" ] || { log "roles: $line"; last=$line; }
+        "$@" && return 0
+        awk -v n="$(now)" -v e="$end" 'BEGIN{exit !(n>e)}' && return 1
+        sleep 0.5
+    done
+}
+
 scenario() {
     rm -rf "$STATE"; mkdir -p "$STATE"
     new_secret
@@ -155,8 +170,8 @@ scenario() {
     writer_stop part
     # Heartbeat restarts both after a partition and the home node takes over again (~18 s);
     # Understudy's own probe makes the lower epoch step down within a second or two.
-    wait_until 60 one_active
-    sleep 20
+    watch_roles 60 one_active
+    watch_roles 20 false
     local n; n=$(actives)
     result "actives_after_heal=$n"
     check exactly_one_active [ "$n" = 1 ]
