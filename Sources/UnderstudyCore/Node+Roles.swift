@@ -19,23 +19,25 @@ extension Node {
         Log.info("node", "seen epoch \(seen) on the peer; recorded")
     }
 
-    /// Waits out a role change in progress, then starts one; false if the node is stopping or
-    /// the other change outlasted `transitionWaitMs`. Cluster managers call start and stop
+    /// Waits out a role change in progress, then starts one; the reason if it cannot (the
+    /// node is stopping, or the other change outlasted `transitionWaitMs`). Cluster managers call start and stop
     /// while a step-down (a probe or a follower told of a higher epoch) may be running, or a
     /// promote may still be draining its follower. Refusing then made heartbeat give the whole
     /// group up on a failed start, and reboot the node after ten failed stops; answering
     /// "already passive" while a promote was about to finish left a node active that heartbeat
     /// had just stopped. A change takes seconds at most (the follower's drain is bounded).
-    private func beginTransition() -> Bool {
-        state.wait(until: { !$0.transitioning || $0.stopping }, timeoutMs: Self.transitionWaitMs) { s, _ -> Bool in
-            if s.transitioning || s.stopping { return false }
+    private func beginTransition() -> StartError? {
+        state.wait(until: { !$0.transitioning || $0.stopping }, timeoutMs: Self.transitionWaitMs) { s, _ -> StartError? in
+            if s.stopping { return StartError(description: "the daemon is stopping") }
+            if s.transitioning {
+                return StartError(description: "another role change is still in progress after \(Self.transitionWaitMs / 1000) s")
+            }
             s.transitioning = true
-            return true
+            return nil
         }
     }
 
     static let transitionWaitMs = 20_000
-    static let busy = StartError(description: "another role change is still in progress after \(transitionWaitMs / 1000) s")
 
     private func endTransition() { state.update { $0.transitioning = false } }
 
@@ -76,7 +78,7 @@ extension Node {
     /// Becomes the keeper. Drains what the follower can still apply, raises the epoch above
     /// every epoch seen and persists it before accepting a single tap. Idempotent.
     public func promote(reason: String) -> Result<String, StartError> {
-        guard beginTransition() else { return .failure(Self.busy) }
+        if let refused = beginTransition() { return .failure(refused) }
         defer { endTransition() }
         if state.withLock({ $0.role == .active && $0.keeper != nil }) {
             return .success("already active (epoch \(state.withLock { $0.persisted.epoch }))")
@@ -120,7 +122,7 @@ extension Node {
     /// Stops keeping the journal and follows the peer; the copy counts as in sync only after a
     /// full sync. Writes only this node accepted go to a recovery file first. Idempotent.
     public func demote(reason: String) -> Result<String, StartError> {
-        guard beginTransition() else { return .failure(Self.busy) }
+        if let refused = beginTransition() { return .failure(refused) }
         defer { endTransition() }
         if state.withLock({ $0.role == .passive }) { return .success("already passive") }
         let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
