@@ -1,27 +1,48 @@
+import Glibc
 import MemcacheClient
 import UnderstudyPosix
 
 /// Probes a memcached and acts once when it has failed `failures` times in a row (so within
 /// `failures × interval`). Re-arms after the next success, so one outage runs one hook.
+///
+/// With `hostFailuresToCluster`, an outage whose latest probe could not reach the host at all
+/// (the connect timed out, or no route) does not act, and says so once: that is a node or
+/// network failure, which the cluster manager detects itself, and running heartbeat's
+/// `hb_takeover` while heartbeat was taking over on its own interleaved the two messages on
+/// its FIFO (`NV failure (msgfromsteam)` in its log) and heartbeat then acquired nothing: in
+/// the namespace lab, a passive cut off from the active never took over in each run where
+/// the hook fired first. A host that refuses (memcached dead) or a memcached that accepts and
+/// never answers (hung) is what only this probe sees, and still acts.
 final class FailureDetector: Sendable {
     struct State {
         var consecutive = 0
         var fired = false
         var stopping = false
         var lastError = ""
+        var deferredToCluster = false
     }
 
     let target: Endpoint
     let intervalMs: Int
     let failures: Int
+    let hostFailuresToCluster: Bool
     let state = Monitor(State())
     let onFailure: @Sendable (String) -> Void
 
-    init(target: Endpoint, intervalMs: Int, failures: Int, onFailure: @escaping @Sendable (String) -> Void) {
+    init(target: Endpoint, intervalMs: Int, failures: Int, hostFailuresToCluster: Bool = false,
+         onFailure: @escaping @Sendable (String) -> Void) {
         self.target = target
         self.intervalMs = intervalMs
         self.failures = failures
+        self.hostFailuresToCluster = hostFailuresToCluster
         self.onFailure = onFailure
+    }
+
+    /// The host itself cannot be reached: no answer to the connect at all, or no route to it.
+    /// A refused connect means the host is up and memcached is not.
+    static func isHostUnreachable(_ error: MemcacheError) -> Bool {
+        guard case .connect(let e) = error else { return false }
+        return [ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN].contains(e.errno)
     }
 
     func start(_ name: String) { Threads.start(name) { [self] in loop() } }
@@ -32,28 +53,36 @@ final class FailureDetector: Sendable {
     func loop() {
         var conn: MemcacheConnection?
         while !state.withLock({ $0.stopping }) {
-            var failure: String?
+            var failure: MemcacheError?
             do {
                 if conn == nil { conn = try MemcacheConnection(target, connectTimeoutMs: intervalMs, ioTimeoutMs: intervalMs) }
                 _ = try conn!.version()
             } catch {
                 conn?.close()
                 conn = nil
-                failure = error.description
+                failure = error
             }
             let fire = state.update { s -> String? in
                 guard !s.stopping else { return nil }
                 if let error = failure {
                     s.consecutive += 1
-                    s.lastError = error
-                    if s.consecutive >= failures && !s.fired {
-                        s.fired = true
-                        return "\(target) failed \(s.consecutive) probes in a row (last: \(error))"
+                    s.lastError = error.description
+                    guard s.consecutive >= failures && !s.fired else { return nil }
+                    if hostFailuresToCluster && Self.isHostUnreachable(error) {
+                        if !s.deferredToCluster {
+                            s.deferredToCluster = true
+                            Log.warning("probe", "\(target) cannot be reached at all (\(error)): a node or network failure, "
+                                        + "which the cluster manager detects itself; not acting on it")
+                        }
+                        return nil
                     }
+                    s.fired = true
+                    return "\(target) failed \(s.consecutive) probes in a row (last: \(error))"
                 } else {
-                    if s.fired { Log.info("probe", "\(target) answers again") }
+                    if s.fired || s.deferredToCluster { Log.info("probe", "\(target) answers again") }
                     s.consecutive = 0
                     s.fired = false
+                    s.deferredToCluster = false
                 }
                 return nil
             }

@@ -51,7 +51,8 @@ extension Node {
                                        secret: secret, stateDir: config.stateDir, epoch: epoch, batchSize: config.batchSize)
         options.onEpochSeen = { [weak self] e in self?.noteEpoch(e) }
         let f = Follower(options)
-        let detector = makeDetector(target: peerMemcached, hook: config.onActiveFailure, name: "on-active-failure") { _ in true }
+        let detector = makeDetector(target: peerMemcached, hook: config.onActiveFailure, name: "on-active-failure",
+                                    hostFailuresToCluster: true) { _ in true }
         state.update { s in
             s.follower = f
             s.detector = detector
@@ -61,11 +62,12 @@ extension Node {
     }
 
     /// Probes `target`; after enough failures runs `hook` if `allowed` agrees.
-    func makeDetector(target: Endpoint, hook: String, name: String,
+    func makeDetector(target: Endpoint, hook: String, name: String, hostFailuresToCluster: Bool = false,
                       allowed: @escaping @Sendable (Node) -> Bool) -> FailureDetector? {
         guard hook != "none" else { return nil }
         let h = Hook(name: name, command: hook, timeoutMs: config.hookTimeout)
-        return FailureDetector(target: target, intervalMs: config.probeInterval, failures: config.probeFailures) { [weak self] why in
+        return FailureDetector(target: target, intervalMs: config.probeInterval, failures: config.probeFailures,
+                               hostFailuresToCluster: hostFailuresToCluster) { [weak self] why in
             guard let self, !self.state.withLock({ $0.stopping }) else { return }
             if allowed(self) {
                 h.run(reason: why)

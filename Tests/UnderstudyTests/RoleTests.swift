@@ -133,6 +133,41 @@ struct RoleTests {
         #expect(h.follower!.log.contains("on-active-failure"))
     }
 
+    /// A peer memcached that cannot be reached at all (the connect times out) is a node or
+    /// network failure, which heartbeat sees itself; running hb_takeover then raced heartbeat's
+    /// own takeover and stopped it. Loopback stands in for the dead host: a listener whose
+    /// accept queue (backlog 0) already holds a connection drops every further SYN.
+    @Test func anUnreachableActiveHostIsLeftToTheClusterManager() throws {
+        let memcached = try MemcachedServer()
+        defer { memcached.stop() }
+        let dead = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0), backlog: 0)
+        defer { dead.close() }
+        let deadHost = Endpoint(host: "127.0.0.1", port: dead.port)
+        let queued = try Socket.connect(to: deadHost, timeoutMs: 1000)
+        defer { queued.close() }
+        #expect((try? Socket.connect(to: deadHost, timeoutMs: 300)) == nil, "the accept queue was meant to be full")
+        let dir = Paths.tempDir("unreachable")
+        let flag = dir + "/takeover-ran"
+        var c = Config()
+        try c.set("memcached", memcached.address)
+        try c.set("listen", "127.0.0.1:\(Ports.free())")
+        try c.set("peer", "127.0.0.1:\(Ports.free())")
+        try c.set("peer-memcached", deadHost.description)
+        try c.set("on-active-failure", "touch \(flag)")
+        try c.set("probe-interval", "100")
+        try c.set("probe-failures", "3")
+        c.control = dir + "/control.sock"
+        c.stateDir = dir + "/state"
+        let node = try Node(c)
+        node.start()
+        defer { node.stop() }
+        let detector = try #require(node.state.withLock { $0.detector })
+        #expect(waitUntil(10) { detector.state.withLock { $0.deferredToCluster } }, "the probe never judged the host unreachable")
+        usleep(500_000)
+        #expect(detector.consecutiveFailures >= 3)
+        #expect(!FileManager.default.fileExists(atPath: flag), "the takeover hook ran for an unreachable host")
+    }
+
     @Test func localMemcachedFailureHandsOverOnlyWhenThePeerIsInSync() throws {
         let dir = Paths.tempDir("hook")
         let flag = dir + "/standby-ran"
