@@ -58,7 +58,7 @@ public struct Config: Sendable {
         ("probe-interval", "milliseconds between memcached health probes (default 500)"),
         ("probe-failures", "failed probes in a row that count as down (default 4)"),
         ("hook-timeout", "milliseconds a failure hook may run before it is killed (default 10000)"),
-        ("on-active-failure", "passive: command run when the active memcached is down (default hb_takeover); 'none' disables"),
+        ("on-active-failure", "passive: command run when the active memcached is down on a host that answers (default hb_takeover; an unreachable host is left to the cluster manager); 'none' disables"),
         ("on-local-failure", "active: command run when the local memcached is down and the peer is in sync (default hb_standby); 'none' disables"),
     ]
 
