@@ -62,31 +62,34 @@ final class FailureDetector: Sendable {
                 conn = nil
                 failure = error
             }
-            let fire = state.update { s -> String? in
+            enum Verdict { case act(String), leaveToCluster(String), answersAgain }
+            let verdict = state.update { s -> Verdict? in
                 guard !s.stopping else { return nil }
-                if let error = failure {
-                    s.consecutive += 1
-                    s.lastError = error.description
-                    guard s.consecutive >= failures && !s.fired else { return nil }
-                    if hostFailuresToCluster && Self.isHostUnreachable(error) {
-                        if !s.deferredToCluster {
-                            s.deferredToCluster = true
-                            Log.warning("probe", "\(target) cannot be reached at all (\(error)): a node or network failure, "
-                                        + "which the cluster manager detects itself; not acting on it")
-                        }
-                        return nil
-                    }
-                    s.fired = true
-                    return "\(target) failed \(s.consecutive) probes in a row (last: \(error))"
-                } else {
-                    if s.fired || s.deferredToCluster { Log.info("probe", "\(target) answers again") }
+                guard let error = failure else {
+                    let was = s.fired || s.deferredToCluster
                     s.consecutive = 0
                     s.fired = false
                     s.deferredToCluster = false
+                    return was ? .answersAgain : nil
                 }
-                return nil
+                s.consecutive += 1
+                s.lastError = error.description
+                guard s.consecutive >= failures && !s.fired else { return nil }
+                if hostFailuresToCluster && Self.isHostUnreachable(error) {
+                    if s.deferredToCluster { return nil }
+                    s.deferredToCluster = true
+                    return .leaveToCluster("\(target) cannot be reached at all (\(error)): a node or network failure, "
+                                           + "which the cluster manager detects itself; not acting on it")
+                }
+                s.fired = true
+                return .act("\(target) failed \(s.consecutive) probes in a row (last: \(error))")
             }
-            if let fire { onFailure(fire) }
+            switch verdict {
+            case .act(let why): onFailure(why)
+            case .leaveToCluster(let why): Log.warning("probe", why)
+            case .answersAgain: Log.info("probe", "\(target) answers again")
+            case nil: break
+            }
             Clock.sleep(milliseconds: intervalMs)
         }
         conn?.close()
