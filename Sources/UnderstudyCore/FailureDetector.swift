@@ -7,12 +7,13 @@ import UnderstudyPosix
 ///
 /// With `hostFailuresToCluster`, an outage whose latest probe could not reach the host at all
 /// (the connect timed out, or no route) does not act, and says so once: that is a node or
-/// network failure, which the cluster manager detects itself, and running heartbeat's
-/// `hb_takeover` while heartbeat was taking over on its own interleaved the two messages on
-/// its FIFO (`NV failure (msgfromsteam)` in its log) and heartbeat then acquired nothing: in
-/// the namespace lab, a passive cut off from the active never took over in each run where
-/// the hook fired first. A host that refuses (memcached dead) or a memcached that accepts and
-/// never answers (hung) is what only this probe sees, and still acts.
+/// network failure, which the cluster manager detects itself. Running heartbeat's
+/// `hb_takeover` while heartbeat was taking over on its own broke that takeover: in the
+/// namespace lab, each run in which the cut-off passive never took over was one where the
+/// hook ran during heartbeat's takeover, and heartbeat logged `NV failure (msgfromsteam)`
+/// (a garbled message on its FIFO) and acquired nothing. A host that refuses (memcached
+/// dead) or a memcached that accepts and never answers (hung) is what only this probe sees,
+/// and still acts.
 final class FailureDetector: Sendable {
     struct State {
         var consecutive = 0
