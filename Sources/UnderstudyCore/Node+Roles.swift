@@ -20,12 +20,13 @@ extension Node {
     }
 
     /// Waits out a role change in progress, then starts one; the reason if it cannot (the
-    /// node is stopping, or the other change outlasted `transitionWaitMs`). Cluster managers call start and stop
-    /// while a step-down (a probe or a follower told of a higher epoch) may be running, or a
-    /// promote may still be draining its follower. Refusing then made heartbeat give the whole
-    /// group up on a failed start, and reboot the node after ten failed stops; answering
-    /// "already passive" while a promote was about to finish left a node active that heartbeat
-    /// had just stopped. A change takes seconds at most (the follower's drain is bounded).
+    /// node is stopping, or the other change outlasted `transitionWaitMs`). Start and stop
+    /// arrive from the cluster manager, an operator and the daemon's own step-down (a probe,
+    /// or a keeper told of a higher epoch), so one may find another running. Refusing then
+    /// made heartbeat give the whole group up on a failed start, and reboot the node after ten
+    /// failed stops; a demote answering "already passive" while a promote was about to finish
+    /// left the node active after its last request said passive. A change takes seconds at
+    /// most (the follower's drain is bounded).
     private func beginTransition() -> StartError? {
         state.wait(until: { !$0.transitioning || $0.stopping }, timeoutMs: Self.transitionWaitMs) { s, _ -> StartError? in
             if s.stopping { return StartError(description: "the daemon is stopping") }

@@ -50,11 +50,11 @@ struct RoleTests {
         #expect(active && epoch == 1)
     }
 
-    /// Heartbeat calls start and stop while a role change may be running (a step-down, or a
-    /// promote still draining its follower). A demote arriving during a promote answered
-    /// "already passive" at once, and the promote then left active a node heartbeat had just
-    /// stopped; a start arriving during a step-down failed, and heartbeat gave the group up.
-    /// A change now waits for the one in progress and acts on the role it left.
+    /// Start and stop can arrive while a role change is running (a step-down, or a promote
+    /// still draining its follower). A demote arriving during a promote answered "already
+    /// passive" at once, and the promote then left the node active after its last request
+    /// said passive; a start arriving during a step-down failed, and heartbeat gave the group
+    /// up. A change now waits for the one in progress and acts on the role it left.
     @Test func aRoleChangeWaitsForTheOneInProgress() throws {
         let memcached = try MemcachedServer()
         defer { memcached.stop() }
