@@ -51,17 +51,30 @@ final class FailureDetector: Sendable {
 
     var consecutiveFailures: Int { state.withLock { $0.consecutive } }
 
+    /// One `version` round trip, connecting first if there is no connection; a failure
+    /// drops the connection.
+    private func probe(_ conn: inout MemcacheConnection?) -> MemcacheError? {
+        do {
+            if conn == nil { conn = try MemcacheConnection(target, connectTimeoutMs: intervalMs, ioTimeoutMs: intervalMs) }
+            _ = try conn!.version()
+            return nil
+        } catch {
+            conn?.close()
+            conn = nil
+            return error
+        }
+    }
+
     func loop() {
         var conn: MemcacheConnection?
         while !state.withLock({ $0.stopping }) {
-            var failure: MemcacheError?
-            do {
-                if conn == nil { conn = try MemcacheConnection(target, connectTimeoutMs: intervalMs, ioTimeoutMs: intervalMs) }
-                _ = try conn!.version()
-            } catch {
-                conn?.close()
-                conn = nil
-                failure = error
+            let reused = conn != nil
+            var failure = probe(&conn)
+            // A probe on a connection opened earlier cannot tell a hung memcached from a host
+            // gone since: both leave the reply missing. A fresh connect can, so the outage is
+            // judged on that, whatever `failures` is.
+            if reused && failure != nil && hostFailuresToCluster {
+                failure = probe(&conn)
             }
             enum Verdict { case act(String), leaveToCluster(String), answersAgain }
             let verdict = state.update { s -> Verdict? in

@@ -62,17 +62,8 @@ struct RoleTests {
         // out its 2 s handshake timeout, so a promote spends seconds draining the follower.
         let silent = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
         defer { silent.close() }
-        let dir = Paths.tempDir("transition")
-        var c = Config()
-        try c.set("memcached", memcached.address)
-        try c.set("listen", "127.0.0.1:\(Ports.free())")
-        try c.set("peer", "127.0.0.1:\(silent.port)")
-        try c.set("peer-memcached", memcached.address)
-        try c.set("on-active-failure", "none")
-        c.control = dir + "/control.sock"
-        c.stateDir = dir + "/state"
-        let node = try Node(c)
-        node.start()
+        let node = try Self.passive(memcached: memcached.address, peer: "127.0.0.1:\(silent.port)",
+                                    peerMemcached: memcached.address, settings: [("on-active-failure", "none")])
         defer { node.stop() }
         usleep(300_000)
         let promoted = Monitor<String?>(nil)
@@ -146,25 +137,91 @@ struct RoleTests {
         let queued = try Socket.connect(to: deadHost, timeoutMs: 1000)
         defer { queued.close() }
         #expect((try? Socket.connect(to: deadHost, timeoutMs: 300)) == nil, "the accept queue was meant to be full")
-        let dir = Paths.tempDir("unreachable")
-        let flag = dir + "/takeover-ran"
+        let flag = Paths.tempDir("unreachable") + "/takeover-ran"
+        let node = try Self.passive(memcached: memcached.address, peer: "127.0.0.1:\(Ports.free())", peerMemcached: deadHost.description,
+                                    settings: [("on-active-failure", "touch \(flag)"), ("probe-interval", "100"), ("probe-failures", "3")])
+        defer { node.stop() }
+        try Self.expectLeftToCluster(node, failures: 3, flag: flag)
+    }
+
+    /// The same host lost while the probe holds a connection it opened earlier: the missing
+    /// reply alone would read as a hung memcached, and with `probe-failures 1` the first
+    /// one decided. The probe reconnects to judge it. The fake memcached answers `version` on
+    /// every connection until told to fall silent; then it stops accepting with its accept
+    /// queue (backlog 0) full, so connects time out as to a host gone.
+    @Test func aHostLostUnderAnOpenProbeConnectionIsLeftToTheClusterManager() throws {
+        let memcached = try MemcachedServer()
+        defer { memcached.stop() }
+        let fake = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0), backlog: 0)
+        defer { fake.close() }
+        let host = Endpoint(host: "127.0.0.1", port: fake.port)
+        // (answered a version, silent, stopped accepting, finished)
+        let state = Monitor((answered: false, silent: false, stoppedAccepting: false, done: false))
+        Threads.start("fake-memcached") {
+            defer { state.update { $0.stoppedAccepting = true } }
+            for _ in 0..<30 {
+                guard let conn = try? fake.accept() else { return }
+                Threads.start("fake-memcached-conn") {
+                    defer { conn.close() }
+                    try? conn.setIOTimeout(milliseconds: 20_000)
+                    let stream = ByteStream(conn, capacity: 4096)
+                    while let line = try? stream.readLine(), !state.withLock({ $0.silent || $0.done }) {
+                        guard line == Array("version".utf8) else { continue }
+                        stream.write("VERSION 1.6.18\r\n")
+                        try? stream.flush()
+                        state.update { $0.answered = true }
+                    }
+                    state.wait(until: { $0.done }, timeoutMs: 20_000) { _, _ in }
+                }
+                if state.withLock({ $0.silent }) { return }
+            }
+        }
+        var fillers: [Socket] = []
+        defer {
+            state.update { $0.done = true }
+            for f in fillers { f.close() }
+        }
+        let flag = Paths.tempDir("lost-host") + "/takeover-ran"
+        let node = try Self.passive(memcached: memcached.address, peer: "127.0.0.1:\(Ports.free())", peerMemcached: host.description,
+                                    settings: [("on-active-failure", "touch \(flag)"), ("probe-interval", "200"), ("probe-failures", "1")])
+        defer { node.stop() }
+        #expect(waitUntil(10) { state.withLock { $0.answered } }, "the probe never reached the fake memcached")
+        state.update { $0.silent = true }
+        // Connect until the fake has accepted its last connection, then once more to fill its
+        // accept queue (another connection may have filled it first, which does as well).
+        for _ in 0..<10 where !state.withLock({ $0.stoppedAccepting }) {
+            if let f = try? Socket.connect(to: host, timeoutMs: 300) { fillers.append(f) }
+            _ = waitUntil(0.3) { state.withLock { $0.stoppedAccepting } }
+        }
+        #expect(state.withLock { $0.stoppedAccepting })
+        if let f = try? Socket.connect(to: host, timeoutMs: 300) { fillers.append(f) }
+        #expect((try? Socket.connect(to: host, timeoutMs: 300)) == nil, "the accept queue was meant to be full")
+        try Self.expectLeftToCluster(node, failures: 1, flag: flag)
+    }
+
+    /// A passive node in this process; `settings` go through `Config.set` as on the command line.
+    static func passive(memcached: String, peer: String, peerMemcached: String, settings: [(String, String)]) throws -> Node {
+        let dir = Paths.tempDir("passive")
         var c = Config()
-        try c.set("memcached", memcached.address)
+        try c.set("memcached", memcached)
         try c.set("listen", "127.0.0.1:\(Ports.free())")
-        try c.set("peer", "127.0.0.1:\(Ports.free())")
-        try c.set("peer-memcached", deadHost.description)
-        try c.set("on-active-failure", "touch \(flag)")
-        try c.set("probe-interval", "100")
-        try c.set("probe-failures", "3")
+        try c.set("peer", peer)
+        try c.set("peer-memcached", peerMemcached)
+        for (k, v) in settings { try c.set(k, v) }
         c.control = dir + "/control.sock"
         c.stateDir = dir + "/state"
         let node = try Node(c)
         node.start()
-        defer { node.stop() }
+        return node
+    }
+
+    /// The node's probe of the active judged the host unreachable after `failures`, and the
+    /// takeover hook (which touches `flag`) did not run.
+    static func expectLeftToCluster(_ node: Node, failures: Int, flag: String) throws {
         let detector = try #require(node.state.withLock { $0.detector })
         #expect(waitUntil(10) { detector.state.withLock { $0.deferredToCluster } }, "the probe never judged the host unreachable")
         usleep(500_000)
-        #expect(detector.consecutiveFailures >= 3)
+        #expect(detector.consecutiveFailures >= failures)
         #expect(!FileManager.default.fileExists(atPath: flag), "the takeover hook ran for an unreachable host")
     }
 
