@@ -109,13 +109,12 @@ actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); don
 # Each node's role and whether it holds the VIP, as one line.
 roles_line() { local n; for n in $NODES; do printf '%s=%s%s ' "$n" "$(role_of "$n")" "$(has_vip "$n" && echo +vip)"; done; }
 
-# Exactly one active, and the VIP on it alone.
+# settled LINE: a roles_line with exactly one active, and the VIP on it alone. Judged on the
+# line that was logged, so the verdict and the log are one observation (and each poll asks
+# every node's daemon once, not twice).
 settled() {
-    local n a=0 ok=1
-    for n in $NODES; do
-        if is_active "$n"; then a=$((a + 1)); has_vip "$n" || ok=0; else has_vip "$n" && ok=0; fi
-    done
-    [ "$a" = 1 ] && [ "$ok" = 1 ]
+    [ "$(grep -o '=active' <<< "$1" | wc -l)" = 1 ] && [ "$(grep -o '+vip' <<< "$1" | wc -l)" = 1 ] \
+        && [[ $1 == *=active+vip* ]]
 }
 
 # watch_settled BOUND STABLE: waits up to BOUND seconds for `settled` to hold STABLE seconds
@@ -131,7 +130,7 @@ watch_settled() {
     while :; do
         line=$(roles_line)
         [ "$line" = "$last" ] || { log "roles: $line"; last=$line; }
-        if settled; then
+        if settled "$line"; then
             [ -n "$since" ] || since=$(now)
             awk -v n="$(now)" -v s="$since" -v t="$stable" 'BEGIN{exit !(n-s>=t)}' && { SETTLED_SINCE=$since; return 0; }
         else
