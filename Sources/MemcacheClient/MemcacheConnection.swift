@@ -27,6 +27,12 @@ public final class MemcacheConnection {
         stream.socket.close()
     }
 
+    /// Shuts the connection down from any thread, keeping the descriptor: a call blocked on it
+    /// fails at once instead of waiting out `ioTimeoutMs`. The owner still closes it.
+    public func interrupt() {
+        stream.socket.shutdown()
+    }
+
     /// Resets the connection (see `Socket.abort`): nothing still queued reaches memcached.
     /// For the thread that owns the connection, after a request whose answer was lost.
     public func abort() {

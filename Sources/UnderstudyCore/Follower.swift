@@ -40,6 +40,8 @@ final class Follower: Sendable {
         /// Promotion in progress: apply what is queued, then stop instead of waiting for more.
         var draining = false
         var channel: JournalChannel?
+        /// The applier's copier, so `stop` can break a copy blocked on a vanished host.
+        var copier: KeyCopier?
         /// The applied offset last acked on this connection.
         var ackSent: UInt64?
         var lastInSync: Int64?
@@ -95,21 +97,38 @@ final class Follower: Sendable {
     func start() { Threads.start("follower") { [self] in run() } }
 
     func stop() {
-        let channel = state.update { s -> JournalChannel? in
+        let (channel, copier) = state.update { s -> (JournalChannel?, KeyCopier?) in
             s.stopping = true
-            return s.channel
+            return (s.channel, s.copier)
         }
         channel?.stream.socket.shutdown()
+        copier?.interrupt()
     }
 
     /// Applies what has been received and can still be read from the active, then stops.
-    /// Bounded by `timeoutMs`: a dead active cannot be read, so waiting longer is pointless.
-    func drainAndStop(timeoutMs: Int) -> (applied: UInt64, unapplied: Int) {
+    /// Bounded: by `timeoutMs` in all, and by `stallMs` without progress. A promotion usually
+    /// follows the active's death, and a copy blocked on a host that vanished only ends at the
+    /// copier's I/O timeout; the records it holds cannot be read now, so waiting for it
+    /// delays the takeover and saves nothing. A live active moves a batch in milliseconds.
+    /// What is left unapplied stays with the old keeper (its recovery file on demotion).
+    func drainAndStop(timeoutMs: Int, stallMs: Int = 1000) -> (applied: UInt64, unapplied: Int) {
         state.update { $0.draining = true }
-        let done = state.wait(until: { $0.phase == "stopped" }, timeoutMs: timeoutMs) { _, ok in ok }
-        if !done {
+        let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
+        var last = state.withLock { $0.applied }
+        while true {
+            let now = Clock.monoNanos()
+            let slice = now < deadline ? min(stallMs, Int((deadline - now) / 1_000_000) + 1) : 0
+            // `applied` moves without waking waiters (the applier's hot path), so progress is
+            // judged at the end of each slice.
+            let (stopped, applied) = state.wait(until: { $0.phase == "stopped" }, timeoutMs: slice) { s, ok in (ok, s.applied) }
+            if stopped { break }
+            if applied != last && Clock.monoNanos() < deadline {
+                last = applied
+                continue
+            }
             stop()
             _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 2000) { _, ok in ok }
+            break
         }
         return state.withLock { ($0.applied, $0.pending) }
     }
@@ -147,7 +166,15 @@ final class Follower: Sendable {
         while !stopping {
             let reachedBefore = state.withLock { $0.linksInSync }
             do throws(FollowerFailure) {
-                if copier == nil { copier = try makeCopier() }
+                if copier == nil {
+                    let made = try makeCopier()
+                    copier = made
+                    let stoppedMeanwhile = state.withLock { s -> Bool in
+                        s.copier = made
+                        return s.stopping
+                    }
+                    if stoppedMeanwhile { made.interrupt() }
+                }
                 try follow(try connect(), copier: copier!)
             } catch {
                 // Connecting is not progress: a full sync the active refuses every time (its
@@ -158,7 +185,10 @@ final class Follower: Sendable {
                     backoffMs = 100
                     lastLogged = ""
                 }
-                if case .memcached = error { copier = nil }
+                if case .memcached = error {
+                    copier = nil
+                    state.withLock { $0.copier = nil }
+                }
                 state.update { s in
                     s.lastError = error.description
                     s.connected = false
@@ -177,7 +207,10 @@ final class Follower: Sendable {
             backoffMs = min(backoffMs * 2, 2000)
         }
         persist()
-        state.update { $0.phase = "stopped" }
+        state.update { s in
+            s.phase = "stopped"
+            s.copier = nil
+        }
         finished.update { $0 = true }
     }
 

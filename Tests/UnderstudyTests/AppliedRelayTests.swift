@@ -12,9 +12,9 @@ struct AppliedRelayTests {
     @Test func onlyTheTapThatAskedHearsWhatWasApplied() throws {
         let h = try PairHarness()
         try h.waitCaughtUp()
-        let quiet = try rawTap(h, id: "async-tap", wantsApplied: false)
+        let quiet = try h.rawTap(id: "async-tap", wantsApplied: false)
         defer { quiet.close() }
-        let asking = try rawTap(h, id: "sync-tap", wantsApplied: true)
+        let asking = try h.rawTap(id: "sync-tap", wantsApplied: true)
         defer { asking.close() }
 
         // The async tap's record is journaled (acked) before the sync tap's, so by the time
@@ -38,7 +38,7 @@ struct AppliedRelayTests {
     @Test func acksToAnAsyncTapAreCoalesced() throws {
         let h = try PairHarness()
         try h.waitCaughtUp()
-        let tap = try rawTap(h, id: "coalesced", wantsApplied: false)
+        let tap = try h.rawTap(id: "coalesced", wantsApplied: false)
         defer { tap.close() }
         let start = Clock.monoNanos()
         for seq in 1...400 {
@@ -62,16 +62,6 @@ struct AppliedRelayTests {
         #expect(try Message.decode(old + [0]) == .tapStart(tapID: Array("id".utf8), wantsApplied: false))
         // True has one encoding, the absent byte; a 1 there is refused, not read as true.
         #expect(throws: JournalError.self) { try Message.decode(old + [1]) }
-    }
-
-    private func rawTap(_ h: PairHarness, id: String, wantsApplied: Bool) throws -> JournalChannel {
-        let (ch, _) = try Handshake.connect(Endpoint(host: "127.0.0.1", port: h.activePort), secret: [], kind: .tap)
-        try ch.send(.tapStart(tapID: Array(id.utf8), wantsApplied: wantsApplied))
-        guard case .tapWelcome = try ch.receive() else {
-            ch.close()
-            throw JournalError.unexpected("no tap welcome")
-        }
-        return ch
     }
 
     /// Every frame received until one matches `last` (included) or `ms` pass.

@@ -80,6 +80,36 @@ struct RoleTests {
         #expect(node.status.role == "passive", "the last change asked for was the demote")
     }
 
+    /// A promote drains the follower, but a copy blocked on an active host that vanished
+    /// mid-reply only ends at the copier's 5 s I/O timeout, and the promote waited for it
+    /// (3 s, then 2 s more): one Pacemaker failover took 9.6 s that way. A stopped (SIGSTOP)
+    /// memcached is that host: connections stay open and nothing answers. The drain now gives
+    /// up after 1 s without progress and breaks the blocked copy.
+    @Test func aPromoteDoesNotWaitOutACopyBlockedOnAVanishedActive() throws {
+        let h = try PairHarness()
+        try h.write(0..<20, prefix: "before")
+        try h.waitCaughtUp()
+        let tap = try h.rawTap(id: "drain", wantsApplied: false)
+        defer { tap.close() }
+        kill(h.active.child.pid, SIGSTOP)
+        defer { kill(h.active.child.pid, SIGCONT) }
+        try tap.send(.records([TapRecord(seq: 1, op: .write, key: Array("blocked".utf8))]))
+        // Journaled, received by the follower, and not applied: its copy is stuck on the active.
+        #expect(waitUntil(10) {
+            guard let f = try? h.status("b").follower else { return false }
+            return f.receivedOffset > f.appliedOffset
+        }, "the follower never received the record")
+        let started = Clock.monoNanos()
+        let out = try h.control("b", "promote")
+        let seconds = Double(Clock.monoNanos() - started) / 1e9
+        #expect(out.contains("epoch 2"), "promote said: \(out)")
+        // About 1 s now; 4.7 s or more before (the copy had 5 s to run out, minus the wait
+        // above). The bound is loose for a loaded machine and still below the old time.
+        #expect(seconds < 4.0, "the promote took \(seconds) s")
+        #expect(try h.status("b").role == "active")
+        #expect(h.follower!.log.contains("1 records could not be applied"), "the blocked record is reported unapplied")
+    }
+
     @Test func twoActivesMeetAndTheLowerEpochSavesItsOrphansThenResyncs() throws {
         let h = try PairHarness()
         try h.write(0..<300, prefix: "shared")

@@ -1,4 +1,5 @@
 import Foundation
+import JournalWire
 import MemcacheClient
 import MemcacheProtocol
 import UnderstudyCore
@@ -85,6 +86,18 @@ final class PairHarness: @unchecked Sendable {
         // refused, in CI), and `ready` is printed once it listens.
         try tap!.waitForLog("understudy tap: ready")
         try tap!.waitForLog("connected to journal keeper")
+    }
+
+    /// A tap connection to the keeper spoken by hand: records reach the journal without a
+    /// memcached write before them.
+    func rawTap(id: String, wantsApplied: Bool) throws -> JournalChannel {
+        let (ch, _) = try Handshake.connect(Endpoint(host: "127.0.0.1", port: activePort), secret: [], kind: .tap)
+        try ch.send(.tapStart(tapID: Array(id.utf8), wantsApplied: wantsApplied))
+        guard case .tapWelcome = try ch.receive() else {
+            ch.close()
+            throw JournalError.unexpected("no tap welcome")
+        }
+        return ch
     }
 
     /// `understudy promote|demote|resync --control` on node "a" or "b"; returns its output.
