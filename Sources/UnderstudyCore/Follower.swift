@@ -110,7 +110,8 @@ final class Follower: Sendable {
     /// follows the active's death, and a copy blocked on a host that vanished only ends at the
     /// copier's I/O timeout; the records it holds cannot be read now, so waiting for it
     /// delays the takeover and saves nothing. A live active moves a batch in milliseconds.
-    /// What is left unapplied stays with the old keeper (its recovery file on demotion).
+    /// A node cut off rather than dead keeps what is left unapplied, and writes it to its
+    /// recovery file when it demotes.
     func drainAndStop(timeoutMs: Int, stallMs: Int = 1000) -> (applied: UInt64, unapplied: Int) {
         state.update { $0.draining = true }
         let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
