@@ -11,10 +11,13 @@ public final class MemcacheConnection {
 
     /// Connects within `connectTimeoutMs`; every later read/write is bounded by `ioTimeoutMs`,
     /// so a server that stalls mid-reply yields `.transport(.timeout)` rather than a hang.
-    public init(_ endpoint: Endpoint, connectTimeoutMs: Int = 2000, ioTimeoutMs: Int = 5000) throws(MemcacheError) {
+    /// With `interrupter`, its owner's stop breaks the connection at once.
+    public init(_ endpoint: Endpoint, connectTimeoutMs: Int = 2000, ioTimeoutMs: Int = 5000,
+                interrupter: Interrupter? = nil) throws(MemcacheError) {
         self.endpoint = endpoint
         do {
             let s = try Socket.connect(to: endpoint, timeoutMs: connectTimeoutMs)
+            interrupter?.add(s)
             try s.setIOTimeout(milliseconds: ioTimeoutMs)
             self.stream = ByteStream(s, capacity: 256 * 1024)
         } catch {
@@ -25,12 +28,6 @@ public final class MemcacheConnection {
     public func close() {
         stream.socket.shutdown()
         stream.socket.close()
-    }
-
-    /// Shuts the connection down from any thread, keeping the descriptor: a call blocked on it
-    /// fails at once instead of waiting out `ioTimeoutMs`. The owner still closes it.
-    public func interrupt() {
-        stream.socket.shutdown()
     }
 
     /// Resets the connection (see `Socket.abort`): nothing still queued reaches memcached.

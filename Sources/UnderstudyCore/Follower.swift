@@ -40,8 +40,6 @@ final class Follower: Sendable {
         /// Promotion in progress: apply what is queued, then stop instead of waiting for more.
         var draining = false
         var channel: JournalChannel?
-        /// The applier's copier, so `stop` can break a copy blocked on a vanished host.
-        var copier: KeyCopier?
         /// The applied offset last acked on this connection.
         var ackSent: UInt64?
         var lastInSync: Int64?
@@ -88,6 +86,10 @@ final class Follower: Sendable {
     let savedPosition = Mutex(SavedPosition())
     /// Set when `run` returns. Apart from `state`, whose every change would wake the saver.
     let finished = Monitor(false)
+    /// Every connection to either memcached, broken by `stop`: a copy blocked on a host that
+    /// vanished fails at once, and after `stop` no write of ours reaches the local memcached,
+    /// which a promotion hands to the taps.
+    let memcachedLinks = Interrupter()
 
     init(_ options: Options) {
         self.options = options
@@ -97,12 +99,12 @@ final class Follower: Sendable {
     func start() { Threads.start("follower") { [self] in run() } }
 
     func stop() {
-        let (channel, copier) = state.update { s -> (JournalChannel?, KeyCopier?) in
+        let channel = state.update { s -> JournalChannel? in
             s.stopping = true
-            return (s.channel, s.copier)
+            return s.channel
         }
         channel?.stream.socket.shutdown()
-        copier?.interrupt()
+        memcachedLinks.trip()
     }
 
     /// Applies what has been received and can still be read from the active, then stops.
@@ -110,27 +112,31 @@ final class Follower: Sendable {
     /// follows the active's death, and a copy blocked on a host that vanished only ends at the
     /// copier's I/O timeout; the records it holds cannot be read now, so waiting for it
     /// delays the takeover and saves nothing. A live active moves a batch in milliseconds.
+    /// A follower between connections has nothing to apply (what it received it applied
+    /// before the link was given up; a reconnect resumes from there), so it stops at once.
     /// A node cut off rather than dead keeps what is left unapplied, and writes it to its
     /// recovery file when it demotes.
     func drainAndStop(timeoutMs: Int, stallMs: Int = 1000) -> (applied: UInt64, unapplied: Int) {
-        state.update { $0.draining = true }
+        let between = state.update { s -> Bool in
+            s.draining = true
+            return s.phase == "connecting"
+        }
         let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
         var last = state.withLock { $0.applied }
-        while true {
+        while !between {
             let now = Clock.monoNanos()
             let slice = now < deadline ? min(stallMs, Int((deadline - now) / 1_000_000) + 1) : 0
             // `applied` moves without waking waiters (the applier's hot path), so progress is
             // judged at the end of each slice.
             let (stopped, applied) = state.wait(until: { $0.phase == "stopped" }, timeoutMs: slice) { s, ok in (ok, s.applied) }
-            if stopped { break }
-            if applied != last && Clock.monoNanos() < deadline {
-                last = applied
-                continue
-            }
-            stop()
-            _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 2000) { _, ok in ok }
-            break
+            if stopped || applied == last || Clock.monoNanos() >= deadline { break }
+            last = applied
         }
+        stop()
+        // From here no write of ours reaches the local memcached (`memcachedLinks`), so the
+        // thread is given only a moment to finish its report; one inside a connect to a dead
+        // keeper has nothing left to write.
+        _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 500) { _, ok in ok }
         return state.withLock { ($0.applied, $0.pending) }
     }
 
@@ -167,15 +173,7 @@ final class Follower: Sendable {
         while !stopping {
             let reachedBefore = state.withLock { $0.linksInSync }
             do throws(FollowerFailure) {
-                if copier == nil {
-                    let made = try makeCopier()
-                    copier = made
-                    let stoppedMeanwhile = state.withLock { s -> Bool in
-                        s.copier = made
-                        return s.stopping
-                    }
-                    if stoppedMeanwhile { made.interrupt() }
-                }
+                if copier == nil { copier = try makeCopier() }
                 try follow(try connect(), copier: copier!)
             } catch {
                 // Connecting is not progress: a full sync the active refuses every time (its
@@ -186,10 +184,7 @@ final class Follower: Sendable {
                     backoffMs = 100
                     lastLogged = ""
                 }
-                if case .memcached = error {
-                    copier = nil
-                    state.withLock { $0.copier = nil }
-                }
+                if case .memcached = error { copier = nil }
                 state.update { s in
                     s.lastError = error.description
                     s.connected = false
@@ -208,17 +203,14 @@ final class Follower: Sendable {
             backoffMs = min(backoffMs * 2, 2000)
         }
         persist()
-        state.update { s in
-            s.phase = "stopped"
-            s.copier = nil
-        }
+        state.update { $0.phase = "stopped" }
         finished.update { $0 = true }
     }
 
     func makeCopier() throws(FollowerFailure) -> KeyCopier {
         do {
-            return KeyCopier(active: try MemcacheConnection(options.activeMemcached, ioTimeoutMs: 5000),
-                             local: try MemcacheConnection(options.localMemcached, ioTimeoutMs: 5000))
+            return KeyCopier(active: try MemcacheConnection(options.activeMemcached, ioTimeoutMs: 5000, interrupter: memcachedLinks),
+                             local: try MemcacheConnection(options.localMemcached, ioTimeoutMs: 5000, interrupter: memcachedLinks))
         } catch {
             throw .memcached(error)
         }
@@ -236,7 +228,8 @@ final class Follower: Sendable {
         }
         forgetPosition()
         Log.info("follower", "full sync from \(options.activeMemcached) started (\(reason))")
-        let sync = FullSync(active: options.activeMemcached, local: options.localMemcached, batchSize: options.batchSize)
+        let sync = FullSync(active: options.activeMemcached, local: options.localMemcached, batchSize: options.batchSize,
+                            interrupter: memcachedLinks)
         let report: FullSyncReport
         do {
             report = try sync.run(reason: reason, progress: { [self] p in

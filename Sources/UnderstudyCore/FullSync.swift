@@ -14,6 +14,8 @@ struct FullSync: Sendable {
     let local: Endpoint
     var batchSize = 1000
     var ioTimeoutMs = 10_000
+    /// Joins every connection the sync opens, so its owner's stop breaks them.
+    var interrupter: Interrupter?
 
     enum Failure: Error, CustomStringConvertible, Sendable {
         case memcached(MemcacheError)
@@ -37,12 +39,12 @@ struct FullSync: Sendable {
              shouldStop: @escaping @Sendable () -> Bool) throws(Failure) -> FullSyncReport {
         let started = Clock.monoNanos()
         let probe: MemcacheConnection
-        do { probe = try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs) } catch { throw .memcached(error) }
+        do { probe = try connect(local) } catch { throw .memcached(error) }
         defer { probe.close() }
         let stats = try? probe.stats()
         // An empty local memcached (first sync, or restarted) cannot hold stale keys.
         let localWasEmpty = stats?["curr_items"] == "0"
-        let expected = (try? MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs).stats())?["curr_items"].flatMap { Double($0) }
+        let expected = (try? connect(active).stats())?["curr_items"].flatMap { Double($0) }
 
         let totals = Monitor((copied: UInt64(0), deleted: UInt64(0), errors: 0, failure: Failure?.none))
         let lastReport = Monitor(started)
@@ -63,7 +65,8 @@ struct FullSync: Sendable {
         }
 
         // Copy what the active has, in parallel pipelines fed by one metadump reader.
-        let feed = MetadumpFeed(active, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: !localWasEmpty)
+        let feed = MetadumpFeed(active, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: !localWasEmpty,
+                                interrupter: interrupter)
         defer { feed.stop() }
         let group = DispatchGroup()
         for w in 0..<max(1, workers) {
@@ -97,8 +100,7 @@ struct FullSync: Sendable {
     func copyWorker(feed: MetadumpFeed, totals: Totals, report: (String, Bool) -> Void, shouldStop: () -> Bool) throws(Failure) {
         let copier: KeyCopier
         do {
-            copier = KeyCopier(active: try MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs),
-                               local: try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs))
+            copier = KeyCopier(active: try connect(active), local: try connect(local))
         } catch {
             throw .memcached(error)
         }
@@ -133,10 +135,9 @@ struct FullSync: Sendable {
     /// Deletes local keys the active does not have.
     func deleteStale(keep: Set<UInt64>, totals: Totals, shouldStop: () -> Bool) throws(Failure) {
         do {
-            let copier = KeyCopier(active: try MemcacheConnection(active, ioTimeoutMs: ioTimeoutMs),
-                                   local: try MemcacheConnection(local, ioTimeoutMs: ioTimeoutMs))
+            let copier = KeyCopier(active: try connect(active), local: try connect(local))
             defer { copier.active.close(); copier.local.close() }
-            let localFeed = MetadumpFeed(local, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs)
+            let localFeed = MetadumpFeed(local, batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, interrupter: interrupter)
             defer { localFeed.stop() }
             while let batch = try localFeed.next() {
                 if shouldStop() { throw Failure.stopped }
@@ -153,6 +154,10 @@ struct FullSync: Sendable {
         } catch {
             throw .memcached(error as! MemcacheError)
         }
+    }
+
+    func connect(_ endpoint: Endpoint) throws(MemcacheError) -> MemcacheConnection {
+        try MemcacheConnection(endpoint, ioTimeoutMs: ioTimeoutMs, interrupter: interrupter)
     }
 
     /// 64-bit FNV-1a. The set of the active's keys is kept as hashes (8 bytes a key instead of

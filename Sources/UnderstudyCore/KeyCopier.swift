@@ -30,13 +30,6 @@ final class KeyCopier {
         self.local = local
     }
 
-    /// Breaks both connections from another thread: a copy blocked on either fails at once.
-    /// The copier is done for afterwards.
-    func interrupt() {
-        active.interrupt()
-        local.interrupt()
-    }
-
     /// Copies `keys` synchronously: when this returns, the local memcached holds their state.
     func copy(_ keys: [[UInt8]]) throws(MemcacheError) -> Outcome {
         try sendFetch(keys)

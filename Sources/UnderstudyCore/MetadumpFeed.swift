@@ -23,9 +23,12 @@ final class MetadumpFeed: Sendable {
     let state = Monitor(State())
     let stopFlag = Monitor(false)
 
-    init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000, collectHashes: Bool = false) {
+    init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000, collectHashes: Bool = false,
+         interrupter: Interrupter? = nil) {
         self.endpoint = endpoint
-        Threads.start("metadump") { [self] in read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: collectHashes) }
+        Threads.start("metadump") { [self] in
+            read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: collectHashes, interrupter: interrupter)
+        }
     }
 
     /// The key hashes collected so far (complete once `next()` has returned nil).
@@ -43,12 +46,12 @@ final class MetadumpFeed: Sendable {
         return batch
     }
 
-    private func read(batchSize: Int, ioTimeoutMs: Int, collectHashes: Bool) {
+    private func read(batchSize: Int, ioTimeoutMs: Int, collectHashes: Bool, interrupter: Interrupter?) {
         var hashes = Set<UInt64>()
         var failure: FullSync.Failure?
         do throws(FullSync.Failure) {
             let conn: MemcacheConnection
-            do { conn = try MemcacheConnection(endpoint, ioTimeoutMs: ioTimeoutMs) } catch { throw .memcached(error) }
+            do { conn = try MemcacheConnection(endpoint, ioTimeoutMs: ioTimeoutMs, interrupter: interrupter) } catch { throw .memcached(error) }
             defer { conn.close() }
             var batch: [[UInt8]] = []
             batch.reserveCapacity(batchSize)

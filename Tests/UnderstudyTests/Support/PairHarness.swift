@@ -91,7 +91,11 @@ final class PairHarness: @unchecked Sendable {
     /// A tap connection to the keeper spoken by hand: records reach the journal without a
     /// memcached write before them.
     func rawTap(id: String, wantsApplied: Bool) throws -> JournalChannel {
-        let (ch, _) = try Handshake.connect(Endpoint(host: "127.0.0.1", port: activePort), secret: [], kind: .tap)
+        try Self.rawTap(to: Endpoint(host: "127.0.0.1", port: activePort), id: id, wantsApplied: wantsApplied)
+    }
+
+    static func rawTap(to keeper: Endpoint, id: String, wantsApplied: Bool) throws -> JournalChannel {
+        let (ch, _) = try Handshake.connect(keeper, secret: [], kind: .tap)
         try ch.send(.tapStart(tapID: Array(id.utf8), wantsApplied: wantsApplied))
         guard case .tapWelcome = try ch.receive() else {
             ch.close()

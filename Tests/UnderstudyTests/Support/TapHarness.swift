@@ -32,11 +32,13 @@ final class TapHarness: @unchecked Sendable {
         _ = waitUntil(5) { self.emitter.isConnected }
     }
 
-    static func keeper(dir: String, port: UInt16, memcached: String, suffix: String = "") throws -> Node {
+    static func keeper(dir: String, port: UInt16, memcached: String, suffix: String = "",
+                       settings: [(String, String)] = []) throws -> Node {
         var c = Config()
         c.role = .active
         try c.set("memcached", memcached)
         try c.set("listen", "127.0.0.1:\(port)")
+        for (k, v) in settings { try c.set(k, v) }
         c.control = dir + "/control\(suffix).sock"
         c.stateDir = dir + "/state\(suffix)"
         let n = try Node(c)
