@@ -31,6 +31,8 @@ final class Keeper: Sendable {
         /// silence means a dead node or link even when TCP has not noticed.
         var followerLastAck: UInt64 = 0
         var stopping = false
+        /// Handing over (see `handOver`): taps are turned away, and follower acks wake waiters.
+        var tapsClosed = false
         var counters = KeeperCounters()
     }
 
@@ -59,6 +61,23 @@ final class Keeper: Sendable {
         }
     }
 
+    /// Turns taps away, then gives an in-sync follower up to `timeoutMs` to apply the journal
+    /// to its end; true if it did. In a planned switchover the cluster manager takes the VIP
+    /// away first, so the records still in flight are the last few milliseconds' worth; without
+    /// this they went to the recovery file (acknowledged writes missing on the new active until
+    /// an operator replays them), and now they reach the peer. Records a tap sends meanwhile
+    /// are not journaled or acknowledged: the tap resends them to the next keeper.
+    func handOver(timeoutMs: Int) -> Bool {
+        let taps = state.update { s -> [TapLink] in
+            s.tapsClosed = true
+            return Array(s.tapLinks.values)
+        }
+        for t in taps { t.ch.stream.socket.shutdown() }
+        return state.wait(until: { s in
+            s.followerConnection == nil || !s.followerInSync || s.followerApplied >= s.backlog.lastOffset
+        }, timeoutMs: timeoutMs) { s, _ in s.followerApplied >= s.backlog.lastOffset }
+    }
+
     func stop() {
         let follower = state.update { s -> Socket? in
             s.stopping = true
@@ -68,7 +87,12 @@ final class Keeper: Sendable {
     }
 
     /// Undoes `stop` when a demotion is abandoned: the run, its backlog and tap positions stay.
-    func resume() { state.update { $0.stopping = false } }
+    func resume() {
+        state.update { s in
+            s.stopping = false
+            s.tapsClosed = false
+        }
+    }
 
     var snapshot: KeeperStatus {
         state.withLock { s in
@@ -97,12 +121,16 @@ final class Keeper: Sendable {
             return
         }
         let link = TapLink(ch, tapID: tapID, wantsApplied: wantsApplied)
-        state.update { $0.tapLinks[ObjectIdentifier(link)] = link }
+        let closed = state.update { s -> Bool in
+            if !s.tapsClosed { s.tapLinks[ObjectIdentifier(link)] = link }
+            return s.tapsClosed
+        }
+        if closed { return }
         defer { state.update { $0.tapLinks[ObjectIdentifier(link)] = nil } }
-        let closed = Monitor(false)
-        Threads.start("keeper-tap-writer") { [self] in tapWriter(link, closed: closed) }
+        let linkClosed = Monitor(false)
+        Threads.start("keeper-tap-writer") { [self] in tapWriter(link, closed: linkClosed) }
         defer {
-            closed.update { $0 = true }
+            linkClosed.update { $0 = true }
             state.update { _ in }
         }
         while true {
@@ -126,6 +154,9 @@ final class Keeper: Sendable {
         let stamp = Clock.wallNanos()
         let now = Clock.monoNanos()
         let (link, ackDue) = state.update(signalling: { s -> ((FollowerLink?, Bool), wake: Bool) in
+            // A keeper handing over journals nothing more: unacknowledged, the records go to
+            // the next keeper when the tap reconnects.
+            guard !s.tapsClosed else { return ((nil, false), false) }
             // Taken out of the dictionary so it is uniquely referenced: appending to `marks`
             // in a copy would copy the whole array on every batch.
             var tap = s.taps.removeValue(forKey: tapID) ?? TapState()
@@ -200,18 +231,18 @@ final class Keeper: Sendable {
         var lastKeepalive: UInt64 = 0
         let keepaliveNanos = UInt64(JournalTiming.keepaliveMs) * 1_000_000
         let urgent = { (s: State) in
-            s.stopping || link.hasAppliedNews(s.taps[tapID]?.appliedSeq ?? 0)
+            s.stopping || s.tapsClosed || link.hasAppliedNews(s.taps[tapID]?.appliedSeq ?? 0)
                 || s.followerInSync != sentSync || ch.hasLeftover
         }
         while !closed.withLock({ $0 }) {
             var stop = state.wait(until: { s in urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck },
-                                  timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping }
+                                  timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping || s.tapsClosed }
             if !stop && !state.withLock({ urgent($0) }) {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
                 // coalesce them (`TapLink.ackCoalesceMs`) rather than answer every batch with
                 // a wake-up and a write. An applied seq (a sync-mode client is waiting on it)
                 // or a sync state change ends the wait at once.
-                stop = state.wait(until: urgent, timeoutMs: link.ackCoalesceMs) { s, _ in s.stopping }
+                stop = state.wait(until: urgent, timeoutMs: link.ackCoalesceMs) { s, _ in s.stopping || s.tapsClosed }
             }
             if stop { ch.stream.socket.shutdown(); return }
             do {
@@ -371,7 +402,7 @@ final class Keeper: Sendable {
                     guard let a = s.taps[link.tapID]?.appliedSeq, link.hasAppliedNews(a) else { return nil }
                     return (link, a)
                 }
-                return (news, becameInSync)
+                return (news, becameInSync || s.tapsClosed)
             })
             relayApplied(news)
         }

@@ -39,6 +39,10 @@ extension Node {
     }
 
     static let transitionWaitMs = 20_000
+    /// How long a demote waits for an in-sync follower to apply the journal's end: in a
+    /// switchover that is milliseconds of records; a follower that cannot manage it in this
+    /// time is not keeping up, and the records go to the recovery file as before.
+    static let handOverMs = 2000
 
     private func endTransition() { state.update { $0.transitioning = false } }
 
@@ -123,12 +127,21 @@ extension Node {
     }
 
     /// Stops keeping the journal and follows the peer; the copy counts as in sync only after a
-    /// full sync. Writes only this node accepted go to a recovery file first. Idempotent.
+    /// full sync. An in-sync follower is first given the journal's end (`Keeper.handOver`);
+    /// writes only this node holds after that go to a recovery file. Idempotent.
     public func demote(reason: String) -> Result<String, StartError> {
         if let refused = beginTransition() { return .failure(refused) }
         defer { endTransition() }
         if state.withLock({ $0.role == .passive }) { return .success("already passive") }
         let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
+        if let keeper, keeper.state.withLock({ $0.followerInSync }) {
+            let start = Clock.monoNanos()
+            let caughtUp = keeper.handOver(timeoutMs: Self.handOverMs)
+            let ms = (Clock.monoNanos() - start) / 1_000_000
+            let end = keeper.state.withLock { $0.backlog.lastOffset }
+            Log.info("node", caughtUp ? "handed over: the follower applied the journal to its end (offset \(end)) in \(ms) ms"
+                                      : "the follower did not apply the journal to its end (offset \(end)) within \(ms) ms")
+        }
         keeper?.stop()
         if let keeper {
             let (orphans, lost) = keeper.orphans()
