@@ -119,8 +119,9 @@ final class Follower: Sendable {
     func drainAndStop(timeoutMs: Int, stallMs: Int = 1000) -> (applied: UInt64, unapplied: Int) {
         let between = state.update { s -> Bool in
             s.draining = true
-            return s.phase == "connecting"
+            return s.phase == "connecting" && !s.connected
         }
+        var stopped = false
         let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
         var last = state.withLock { $0.applied }
         while !between {
@@ -128,15 +129,19 @@ final class Follower: Sendable {
             let slice = now < deadline ? min(stallMs, Int((deadline - now) / 1_000_000) + 1) : 0
             // `applied` moves without waking waiters (the applier's hot path), so progress is
             // judged at the end of each slice.
-            let (stopped, applied) = state.wait(until: { $0.phase == "stopped" }, timeoutMs: slice) { s, ok in (ok, s.applied) }
+            let applied: UInt64
+            (stopped, applied) = state.wait(until: { $0.phase == "stopped" }, timeoutMs: slice) { s, ok in (ok, s.applied) }
             if stopped || applied == last || Clock.monoNanos() >= deadline { break }
             last = applied
         }
         stop()
-        // From here no write of ours reaches the local memcached (`memcachedLinks`), so the
-        // thread is given only a moment to finish its report; one inside a connect to a dead
-        // keeper has nothing left to write.
-        _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 500) { _, ok in ok }
+        // From here no write of ours reaches the local memcached (`memcachedLinks`). A copy
+        // broken off unwinds at once; give it a moment so the report below is final. A
+        // follower between connections has nothing to report, and may be inside a connect to
+        // a dead keeper for seconds, so it is not waited for.
+        if !stopped && !between {
+            _ = state.wait(until: { $0.phase == "stopped" }, timeoutMs: 500) { _, ok in ok }
+        }
         return state.withLock { ($0.applied, $0.pending) }
     }
 
