@@ -31,7 +31,8 @@ final class Keeper: Sendable {
         /// silence means a dead node or link even when TCP has not noticed.
         var followerLastAck: UInt64 = 0
         var stopping = false
-        /// Handing over (see `handOver`): taps are turned away, and follower acks wake waiters.
+        /// Handing over (see `handOver`): tap records are turned away, and follower acks wake
+        /// waiters.
         var tapsClosed = false
         var counters = KeeperCounters()
     }
@@ -61,18 +62,16 @@ final class Keeper: Sendable {
         }
     }
 
-    /// Turns taps away, then gives an in-sync follower up to `timeoutMs` to apply the journal
+    /// Stops journaling, then gives an in-sync follower up to `timeoutMs` to apply the journal
     /// to its end; true if it did. In a planned switchover the cluster manager takes the VIP
     /// away first, so the records still in flight are the last few milliseconds' worth; without
     /// this they went to the recovery file (acknowledged writes missing on the new active until
-    /// an operator replays them), and now they reach the peer. Records a tap sends meanwhile
-    /// are not journaled or acknowledged: the tap resends them to the next keeper.
+    /// an operator replays them), and now they reach the peer. Taps stay connected meanwhile
+    /// and hear what the follower applies, so a sync write in flight is answered as
+    /// replicated; a record a tap sends now is neither journaled nor acknowledged, and the tap
+    /// resends it to the next keeper.
     func handOver(timeoutMs: Int) -> Bool {
-        let taps = state.update { s -> [TapLink] in
-            s.tapsClosed = true
-            return Array(s.tapLinks.values)
-        }
-        for t in taps { t.ch.stream.socket.shutdown() }
+        state.update { $0.tapsClosed = true }
         return state.wait(until: { s in
             s.followerConnection == nil || !s.followerInSync || s.followerApplied >= s.backlog.lastOffset
         }, timeoutMs: timeoutMs) { s, _ in s.followerApplied >= s.backlog.lastOffset }
@@ -231,18 +230,18 @@ final class Keeper: Sendable {
         var lastKeepalive: UInt64 = 0
         let keepaliveNanos = UInt64(JournalTiming.keepaliveMs) * 1_000_000
         let urgent = { (s: State) in
-            s.stopping || s.tapsClosed || link.hasAppliedNews(s.taps[tapID]?.appliedSeq ?? 0)
+            s.stopping || link.hasAppliedNews(s.taps[tapID]?.appliedSeq ?? 0)
                 || s.followerInSync != sentSync || ch.hasLeftover
         }
         while !closed.withLock({ $0 }) {
             var stop = state.wait(until: { s in urgent(s) || (s.taps[tapID]?.lastSeq ?? 0) != sentAck },
-                                  timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping || s.tapsClosed }
+                                  timeoutMs: JournalTiming.keepaliveMs) { s, _ in s.stopping }
             if !stop && !state.withLock({ urgent($0) }) {
                 // Only the journaled seq moved: acks just let the tap free its buffer, so
                 // coalesce them (`TapLink.ackCoalesceMs`) rather than answer every batch with
                 // a wake-up and a write. An applied seq (a sync-mode client is waiting on it)
                 // or a sync state change ends the wait at once.
-                stop = state.wait(until: urgent, timeoutMs: link.ackCoalesceMs) { s, _ in s.stopping || s.tapsClosed }
+                stop = state.wait(until: urgent, timeoutMs: link.ackCoalesceMs) { s, _ in s.stopping }
             }
             if stop { ch.stream.socket.shutdown(); return }
             do {

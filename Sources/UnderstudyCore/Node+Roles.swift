@@ -135,6 +135,7 @@ extension Node {
         if state.withLock({ $0.role == .passive }) { return .success("already passive") }
         let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
         if let keeper, keeper.state.withLock({ $0.followerInSync }) {
+            Log.info("node", "handing over: journaling stopped; the follower has up to \(Self.handOverMs) ms to apply the rest")
             let start = Clock.monoNanos()
             let caughtUp = keeper.handOver(timeoutMs: Self.handOverMs)
             let ms = (Clock.monoNanos() - start) / 1_000_000

@@ -92,36 +92,43 @@ struct RoleTests {
     /// A planned switchover: the cluster manager takes the VIP away, demotes the active and
     /// promotes the passive. Records the follower had not applied yet went to the demoted
     /// node's recovery file: acknowledged writes the new active lacked until someone replayed
-    /// them. The demote now lets an in-sync follower apply the journal to its end first.
-    /// Here the follower is held back (SIGSTOP) with 20,000 records to go, far more than a
-    /// switchover leaves, and let go once the demote is under way.
+    /// them. The demote now lets an in-sync follower apply the journal to its end first, and
+    /// a strict write waiting on the follower meanwhile is answered as replicated. Here the
+    /// follower is held back (SIGSTOP) with 20,000 records to go, far more than a switchover
+    /// leaves, and let go once the demote is under way.
     @Test func aSwitchoverHandsTheWholeJournalToTheFollower() throws {
-        let h = try PairHarness()
+        let h = try PairHarness(tapMode: "strict")
         try h.write(0..<2000, prefix: "planned")
         try h.waitCaughtUp()
         let before = try #require(try h.status("a").keeper?.endOffset)
-        let tap = try h.rawTap(id: "burst", wantsApplied: false)
-        defer { tap.close() }
+        let raw = try h.rawTap(id: "burst", wantsApplied: false)
+        defer { raw.close() }
         kill(h.follower!.pid, SIGSTOP)
         var stopped = true
         defer { if stopped { kill(h.follower!.pid, SIGCONT) } }
         for batch in 0..<20 {
-            try tap.send(.records((0..<1000).map { i in
+            try raw.send(.records((0..<1000).map { i in
                 TapRecord(seq: UInt64(batch * 1000 + i + 1), op: .write, key: Array("burst-\(batch)-\(i)".utf8))
             }))
         }
-        let end = before + 20_000
-        #expect(waitUntil(10) { (try? h.status("a").keeper?.endOffset) == end }, "the keeper never journaled the burst")
+        // A strict write the follower has not applied: the tap holds its answer.
+        let strict = Monitor<String?>(nil)
+        Threads.start("test-strict-write") {
+            let r = Result { try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000).set(Array("in-flight".utf8), Array("v".utf8)) }
+            strict.update { $0 = "\(r)" }
+        }
+        let end = before + 20_001
+        #expect(waitUntil(10) { (try? h.status("a").keeper?.endOffset) == end }, "the keeper never journaled the burst and the write")
         let demoted = Monitor<String?>(nil)
         Threads.start("test-demote") {
             let out = (try? h.control("a", "demote")) ?? "failed"
             demoted.update { $0 = out }
         }
-        // Taps are turned away first; a record sent after that is not journaled (nor acked:
-        // a tap resends it to the next keeper).
-        #expect(waitUntil(10) { (try? h.status("a").keeper?.tapsConnected) == 0 }, "the taps were not turned away")
-        try? tap.send(.records([TapRecord(seq: 20_001, op: .write, key: Array("too-late".utf8))]))
-        usleep(300_000)
+        // A record sent once the hand-over began is not journaled (nor acked: a tap resends
+        // it to the next keeper).
+        try h.keeper!.waitForLog("handing over")
+        try raw.send(.records([TapRecord(seq: 20_001, op: .write, key: Array("too-late".utf8))]))
+        usleep(100_000)
         kill(h.follower!.pid, SIGCONT)
         stopped = false
         #expect(waitUntil(30) { demoted.withLock { $0 } != nil })
@@ -129,8 +136,11 @@ struct RoleTests {
         #expect(h.keeper!.log.contains("handed over: the follower applied the journal to its end (offset \(end))"))
         #expect(try h.status("a").recoveryFile == nil, "nothing was left for the recovery file")
         #expect(try h.status("b").follower?.appliedOffset == end)
+        #expect(waitUntil(10) { strict.withLock { $0 } != nil })
+        #expect(strict.withLock { $0 } == "success(MemcacheClient.StoreResult.stored)", "the strict write was answered \(strict.withLock { $0 } ?? "never")")
         #expect(try h.control("b", "promote").contains("epoch 2"))
         let b = try h.passive.connect()
+        #expect(try b.get(Array("in-flight".utf8)) != nil, "the strict write is on the new active")
         for i in stride(from: 0, to: 2000, by: 97) {
             #expect(try b.get(Array("planned\(i)".utf8)) != nil, "planned\(i) is missing on the new active")
         }
