@@ -73,6 +73,7 @@ enum StatusText {
             if let e = f.lastError { out += "last_error:\(e)\n" }
         }
         if let t = s.lastInSync { out += "last_in_sync:\(t)\n" }
+        if let r = s.recoveryFile { out += "recovery_file:\(r)\n" }
         return out
     }
 }

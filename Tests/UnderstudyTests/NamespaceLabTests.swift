@@ -31,7 +31,8 @@ struct NamespaceLabTests {
 
     /// Corosync 3 + Pacemaker 2.1 with the OCF agent as a promotable clone (loaded from
     /// heartbeat/understudy-cib.xml.sample): crash the promoted node, check the in-sync
-    /// follower is promoted with nothing acknowledged lost, then rejoin the old node.
+    /// follower is promoted with nothing acknowledged lost, then rejoin the old node and move
+    /// the promoted role back to it (a planned switchover: nothing lost, no recovery file).
     @Test(.enabled(if: pacemakerUnavailable == nil, "\(pacemakerUnavailable ?? "")"))
     func pacemakerCrashThePromotedNodeAndRejoin() throws {
         let (results, out) = try Self.pacemaker.run(label: "pcmk-lab", maxSeconds: 300, timeout: 360)
@@ -44,5 +45,10 @@ struct NamespaceLabTests {
         #expect(results["old_node_rejoins_unpromoted"] == "ok")
         #expect(results["old_node_copy_verifies"] == "ok")
         #expect(Double(results["rto_seconds"] ?? "") != nil, "RTO must be measured")
+        #expect(results["switchover_promoted"] == "ok")
+        #expect(results["switch_lost"] == "0")
+        #expect(Int(results["switch_acked"] ?? "0") ?? 0 > 0, "the writer must have had acknowledged writes around the switchover")
+        #expect(results["switchover_handed_over"] == "ok")
+        #expect(results["switchover_no_recovery_file"] == "ok")
     }
 }

@@ -11,7 +11,10 @@
 # Scenario: wait for one promoted instance and an in-sync follower; crash the promoted node
 # (SIGKILL of every process in its namespace, link down); check the in-sync follower is
 # promoted, the VIP follows, and every acknowledged write is readable through the VIP; then
-# bring the crashed node back and check it rejoins unpromoted, full syncs, and verifies clean.
+# bring the crashed node back and check it rejoins unpromoted, full syncs, and verifies clean;
+# then move the promoted role back to it (a planned switchover, `crm_resource --move`) and
+# check no acknowledged write is lost and the demoted node handed its journal over (no
+# recovery file).
 #
 #   pacemaker-lab.sh check | run | down     (as failover-lab.sh; RESULT key=value lines)
 #
@@ -143,6 +146,7 @@ is_active() { [ "$(field_of "$1" role)" = active ]; }
 is_passive_in_sync() { [ "$(field_of "$1" role)" = passive ] && [ "$(field_of "$1" in_sync)" = true ]; }
 promoted_node() { local n; for n in $NODES; do is_active "$n" && has_vip "$n" && echo "$n"; done; }
 one_promoted_with_vip() { [ "$(promoted_node | wc -l)" = 1 ]; }
+promoted_with_vip() { is_active "$1" && has_vip "$1"; }
 unpromoted_on() { on_node "$1" crm_mon -1 2>/dev/null | grep -q "Unpromoted: \[ $(host_of "$2") \]"; }
 
 configure() {
@@ -213,6 +217,24 @@ scenario() {
     check old_node_full_synced [ "$(field_of "$prim" full_syncs)" -ge 1 ]
     check survivor_still_promoted is_active "$sec"
     check old_node_copy_verifies on_node "$prim" "$BIN" verify --active "$(ip_of "$sec"):11211" --passive 127.0.0.1:11211
+
+    # Planned switchover back: Pacemaker stops the VIP, demotes (the keeper hands its journal
+    # to the in-sync follower), promotes the old node and starts the VIP there.
+    writer_start switch
+    sleep 3
+    local tmove; tmove=$(now)
+    on_node "$sec" crm_resource --resource understudy-clone --move --promoted --node "$(host_of "$prim")" >/dev/null 2>&1
+    check switchover_promoted wait_until 60 promoted_with_vip "$prim"
+    result "switchover_seconds=$(el "$tmove")"
+    sleep 1
+    writer_stop switch
+    local res; res=$(acked_lost switch)
+    result "switch_acked=$(echo "$res" | cut -d' ' -f1) switch_lost=$(echo "$res" | cut -d' ' -f2)"
+    check switchover_no_acked_write_lost [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    check switchover_handed_over grep -q "handed over: the follower applied the journal to its end" "$STATE/$sec/run/understudy/understudy.log"
+    check switchover_no_recovery_file [ -z "$(field_of "$sec" recovery_file)" ]
+    check switchover_demoted_follows wait_until 60 is_passive_in_sync "$sec"
+    on_node "$sec" crm_resource --resource understudy-clone --clear >/dev/null 2>&1
     for ns in $NODES; do result "final_$ns: role=$(field_of "$ns" role) epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
     return 0
 }
