@@ -163,6 +163,8 @@ struct RoleTests {
         #expect(a.role == "passive" && b.role == "active", "exactly one active")
         #expect(b.epoch == 2)
         let path = try #require(a.recoveryFile)
+        let text = try runTool(Paths.understudy, ["status", "--control", h.dir + "/a.sock"])
+        #expect(text.contains("recovery_file:\(path)\n"), "the text status names the recovery file")
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 51, "50 orphans and a summary")
         let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
