@@ -116,7 +116,7 @@ final class Follower: Sendable {
     /// before the link was given up; a reconnect resumes from there), so it stops at once.
     /// A node cut off rather than dead keeps what is left unapplied, and writes it to its
     /// recovery file when it demotes.
-    func drainAndStop(timeoutMs: Int, stallMs: Int = 1000) -> (applied: UInt64, unapplied: Int) {
+    func drainAndStop(timeoutMs: Int, stallMs: Int = 500) -> (applied: UInt64, unapplied: Int) {
         let between = state.update { s -> Bool in
             s.draining = true
             return s.phase == "connecting" && !s.connected

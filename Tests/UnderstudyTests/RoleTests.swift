@@ -56,7 +56,7 @@ struct RoleTests {
     /// said passive; a start arriving during a step-down failed, and heartbeat gave the group
     /// up. A change now waits for the one in progress and acts on the role it left.
     @Test func aRoleChangeWaitsForTheOneInProgress() throws {
-        // The promote spends about a second on a drain that cannot finish.
+        // The promote spends half a second or more on a drain that cannot finish.
         let b = try BlockedCopy()
         let node = b.passive
         let promoted = Monitor<String?>(nil)
@@ -76,14 +76,14 @@ struct RoleTests {
     /// A promote drains the follower, but a copy blocked on an active host that vanished
     /// mid-reply only ended at the copier's 5 s I/O timeout, and the promote waited for it
     /// (3 s, then 2 s more): one Pacemaker failover took 9.6 s that way. The drain now gives
-    /// up after 1 s without progress and breaks the blocked copy.
+    /// up after 0.5 s without progress and breaks the blocked copy.
     @Test func aPromoteDoesNotWaitOutACopyBlockedOnAVanishedActive() throws {
         let b = try BlockedCopy()
         let started = Clock.monoNanos()
         let out = b.passive.promote(reason: "test")
         let seconds = Double(Clock.monoNanos() - started) / 1e9
         #expect((try? out.get()) == "active, epoch 2", "promote said: \(out)")
-        // About 1 s now; 4.7 s or more before (the copy had 5 s to run out, less the setup's
+        // About 0.6 s now; 4.7 s or more before (the copy had 5 s to run out, less the setup's
         // wait). The bound is loose for a loaded machine and still below the old time.
         #expect(seconds < 4.0, "the promote took \(seconds) s")
         #expect(b.passive.status.role == "active")
