@@ -14,12 +14,16 @@ struct Backlog {
     /// Chunked, so neither growth nor the oldest records falling off ever moves the rest
     /// under the keeper's lock (see `ChunkedQueue`).
     private(set) var records = ChunkedQueue<StreamRecord>()
-    /// Offset of the next record to append; offsets start at 1 in every run.
-    private(set) var nextOffset: UInt64 = 1
+    /// Offset of the next record to append. A run starts at 1, or where the run it continues
+    /// ended (see `Keeper.Lineage`).
+    private(set) var nextOffset: UInt64
     private(set) var bytes = 0
     let limitBytes: Int
 
-    init(limitBytes: Int) { self.limitBytes = limitBytes }
+    init(limitBytes: Int, firstOffset: UInt64 = 1) {
+        self.limitBytes = limitBytes
+        nextOffset = firstOffset
+    }
 
     var count: Int { records.count }
     /// The oldest offset still held (== nextOffset when empty).

@@ -164,6 +164,15 @@ final class Follower: Sendable {
         }
     }
 
+    /// The run and offset the local copy is complete through, and the local memcached that
+    /// holds it; nil while the copy is incomplete.
+    var completeCopy: (Keeper.Lineage, MemcachedIdentity)? {
+        state.withLock { s in
+            guard s.copyValid, let run = s.runID, let local = s.identities.local else { return nil }
+            return (Keeper.Lineage(runID: run, offset: s.applied), local)
+        }
+    }
+
     var phase: String { state.withLock { $0.phase } }
     var lastInSync: Int64? { state.withLock { $0.lastInSync } }
 

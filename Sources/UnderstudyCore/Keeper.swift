@@ -37,25 +37,42 @@ final class Keeper: Sendable {
         var counters = KeeperCounters()
     }
 
+    /// The run a keeper continues, as Redis's PSYNC2 keeps its master's replication id: a
+    /// node promoted from a follower holds that run's state through `offset`, so its journal
+    /// goes on from `offset + 1`, and the peer it followed (the old keeper, now following in
+    /// turn) resumes from the backlog instead of copying everything again, if it holds exactly
+    /// that state: the same run, ended at the same offset (a switchover that handed the
+    /// journal over). Anything else full syncs as before.
+    struct Lineage: Sendable, Equatable {
+        var runID: UInt64
+        var offset: UInt64
+    }
+
     let runID: UInt64
     let epoch: UInt64
+    let lineage: Lineage?
     let state: Monitor<State>
     /// Called when a peer shows an epoch above ours: this keeper is stale and must step down.
     let onHigherEpoch: @Sendable (UInt64) -> Void
 
-    init(backlogBytes: Int, epoch: UInt64, onHigherEpoch: @escaping @Sendable (UInt64) -> Void = { _ in }) {
+    init(backlogBytes: Int, epoch: UInt64, continuing lineage: Lineage? = nil,
+         onHigherEpoch: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         var g = SystemRandomNumberGenerator()
         self.runID = UInt64.random(in: 1...UInt64.max >> 1, using: &g)
         self.epoch = epoch
+        self.lineage = lineage
         self.onHigherEpoch = onHigherEpoch
-        self.state = Monitor(State(backlog: Backlog(limitBytes: backlogBytes)))
+        var s = State(backlog: Backlog(limitBytes: backlogBytes, firstOffset: (lineage?.offset ?? 0) + 1))
+        // The continued run's records are on the peer already: they came from it.
+        s.followerApplied = lineage?.offset ?? 0
+        self.state = Monitor(s)
     }
 
     /// Records no follower has applied: what only this node accepted. Also how many such
     /// records already fell out of the backlog (their keys are unknown).
     func orphans() -> (records: [StreamRecord], lost: UInt64) {
         state.withLock { s in
-            let from = s.followerApplied + 1
+            let from = max(s.followerApplied, lineage?.offset ?? 0) + 1
             let lost = s.backlog.firstOffset > from ? s.backlog.firstOffset - from : 0
             let recs = s.backlog.read(from: max(from, s.backlog.firstOffset), max: Int.max) ?? []
             return (recs, lost)
@@ -289,7 +306,8 @@ final class Keeper: Sendable {
                 s.followerAddress = ch.stream.socket.remoteAddress
                 s.followerLastAck = Clock.monoNanos()
                 s.followerInSync = false
-                if theirRun == runID && s.backlog.covers(applied + 1) {
+                let ours = theirRun == runID || Lineage(runID: theirRun, offset: applied) == lineage
+                if ours && s.backlog.covers(applied + 1) {
                     s.counters.partialResyncs += 1
                     s.followerApplied = applied
                     return (.resume(runID: runID, from: applied + 1), applied + 1, s.followerID, old)

@@ -1,4 +1,5 @@
 import JournalWire
+import MemcacheClient
 import UnderstudyPosix
 
 /// Roles and epochs (Invariant 7): promotion, demotion, the recovery file, epoch learning,
@@ -93,10 +94,12 @@ extension Node {
         let (follower, detector) = state.withLock { ($0.follower, $0.detector) }
         detector?.stop()
         var inSync = true
+        var lineage: Keeper.Lineage?
         if let follower {
             inSync = follower.snapshot.inSync
             let (applied, left) = follower.drainAndStop(timeoutMs: 3000)
             Log.info("node", "follower drained through offset \(applied)\(left > 0 ? "; \(left) records could not be applied (active unreachable)" : "")")
+            lineage = continuedRun(follower)
         }
         var next = state.withLock { $0.persisted }
         next.epoch += 1
@@ -104,7 +107,7 @@ extension Node {
         do { try next.save(to: config.stateDir) } catch {
             return .failure(StartError(description: "cannot persist epoch \(next.epoch): \(error); not promoting"))
         }
-        let keeper = Keeper(backlogBytes: config.backlogSize, epoch: next.epoch) { [weak self] higher in
+        let keeper = Keeper(backlogBytes: config.backlogSize, epoch: next.epoch, continuing: lineage) { [weak self] higher in
             Threads.start("step-down") { [weak self] in
                 self?.noteEpoch(higher)
                 _ = self?.demote(reason: "a peer has seen epoch \(higher)")
@@ -122,22 +125,62 @@ extension Node {
         }
         local?.start("probe-local")
         if !inSync { Log.warning("node", "promoted while the local copy was not known to be in sync") }
-        Log.info("node", "promoted to active (\(reason)): epoch \(next.epoch), run \(String(keeper.runID, radix: 16))")
+        Log.info("node", "promoted to active (\(reason)): epoch \(next.epoch), run \(String(keeper.runID, radix: 16))"
+                 + (lineage.map { " continuing run \(String($0.runID, radix: 16)) from offset \($0.offset + 1)" } ?? ""))
         return .success("active, epoch \(next.epoch)")
     }
 
-    /// Stops keeping the journal and follows the peer; the copy counts as in sync only after a
-    /// full sync. An in-sync follower is first given the journal's end (`Keeper.handOver`);
-    /// writes only this node holds after that go to a recovery file. Idempotent.
+    /// The run the follower's copy is complete through, if the local memcached is still the
+    /// process that holds it: one restarted under a follower between connections is empty,
+    /// whatever the offsets say, and must not be continued from.
+    private func continuedRun(_ follower: Follower) -> Keeper.Lineage? {
+        guard let (lineage, holder) = follower.completeCopy,
+              let now = localIdentity(), holder.sameProcess(as: now) else { return nil }
+        return lineage
+    }
+
+    private func localIdentity() -> MemcachedIdentity? {
+        guard let conn = try? MemcacheConnection(config.memcached, connectTimeoutMs: 1000, ioTimeoutMs: 1000) else { return nil }
+        defer { conn.close() }
+        return try? MemcachedIdentity.read(conn)
+    }
+
+    /// Saves where this node's copy stands after a complete hand-over, so its follower resumes
+    /// from the peer's continuation of this run; forgets any older position otherwise. The end
+    /// is read after the keeper stopped: nothing is journaled once the hand-over began, but a
+    /// gap a tap reports is, and then the follower did not apply everything.
+    private func positionAfterHandOver(_ keeper: Keeper?, handedOver: Bool) -> FollowerPosition? {
+        if handedOver, let keeper,
+           let end = keeper.state.withLock({ s in s.followerApplied >= s.backlog.lastOffset ? s.backlog.lastOffset : nil }),
+           let local = localIdentity() {
+            let position = FollowerPosition(runID: keeper.runID, applied: end, local: local, active: nil)
+            do {
+                try position.save(to: config.stateDir)
+                return position
+            } catch {
+                Log.warning("node", "cannot save the follower position in \(config.stateDir): \(error); this node will full sync")
+            }
+        }
+        FollowerPosition.forget(in: config.stateDir)
+        return nil
+    }
+
+    /// Stops keeping the journal and follows the peer. An in-sync follower is first given the
+    /// journal's end (`Keeper.handOver`); if it took all of it, this node's copy is the very
+    /// state the peer's next run continues (`Keeper.Lineage`), and it resumes from there once
+    /// the peer is promoted; otherwise it full syncs before it counts as in sync. Writes only
+    /// this node holds go to a recovery file. Idempotent.
     public func demote(reason: String) -> Result<String, StartError> {
         if let refused = beginTransition() { return .failure(refused) }
         defer { endTransition() }
         if state.withLock({ $0.role == .passive }) { return .success("already passive") }
         let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
+        var handedOver = false
         if let keeper, keeper.state.withLock({ $0.followerInSync }) {
             Log.info("node", "handing over: journaling stopped; the follower has up to \(Self.handOverMs) ms to apply the rest")
             let start = Clock.monoNanos()
             let caughtUp = keeper.handOver(timeoutMs: Self.handOverMs)
+            handedOver = caughtUp
             let ms = (Clock.monoNanos() - start) / 1_000_000
             let end = keeper.state.withLock { $0.backlog.lastOffset }
             Log.info("node", caughtUp ? "handed over: the follower applied the journal to its end (offset \(end)) in \(ms) ms"
@@ -166,14 +209,15 @@ extension Node {
         do { try next.save(to: config.stateDir) } catch {
             Log.error("node", "cannot persist role: \(error)")
         }
-        FollowerPosition.forget(in: config.stateDir)
+        let position = positionAfterHandOver(keeper, handedOver: handedOver)
         state.update { s in
             s.persisted = next
             s.role = .passive
             s.keeper = nil
             s.detector = nil
         }
-        Log.info("node", "demoted to passive (\(reason)); following \(config.peer?.description ?? "nobody") after a full sync")
+        Log.info("node", "demoted to passive (\(reason)); following \(config.peer?.description ?? "nobody") "
+                 + (position.map { "from offset \($0.applied + 1) of this run once the peer continues it, else after a full sync" } ?? "after a full sync"))
         startFollower()
         return .success("passive, epoch \(next.epoch)")
     }

@@ -32,7 +32,8 @@ struct NamespaceLabTests {
     /// Corosync 3 + Pacemaker 2.1 with the OCF agent as a promotable clone (loaded from
     /// heartbeat/understudy-cib.xml.sample): crash the promoted node, check the in-sync
     /// follower is promoted with nothing acknowledged lost, then rejoin the old node and move
-    /// the promoted role back to it (a planned switchover: nothing lost, no recovery file).
+    /// the promoted role back to it (a planned switchover: nothing lost, no recovery file, no
+    /// full sync for the demoted node).
     @Test(.enabled(if: pacemakerUnavailable == nil, "\(pacemakerUnavailable ?? "")"))
     func pacemakerCrashThePromotedNodeAndRejoin() throws {
         let (results, out) = try Self.pacemaker.run(label: "pcmk-lab", maxSeconds: 300, timeout: 360)
@@ -50,5 +51,6 @@ struct NamespaceLabTests {
         #expect(Int(results["switch_acked"] ?? "0") ?? 0 > 0, "the writer must have had acknowledged writes around the switchover")
         #expect(results["switchover_handed_over"] == "ok")
         #expect(results["switchover_no_recovery_file"] == "ok")
+        #expect(results["switchover_demoted_resumed"] == "ok", "the demoted node resumes the run the new active continues")
     }
 }

@@ -165,6 +165,41 @@ struct RoleTests {
         for i in stride(from: 0, to: 2000, by: 97) {
             #expect(try b.get(Array("planned\(i)".utf8)) != nil, "planned\(i) is missing on the new active")
         }
+
+        // B continues A's run, and A, which handed all of it over, resumes from the backlog
+        // instead of copying everything again; the stream then flows B → A.
+        #expect(h.follower!.log.contains("continuing run"), "b's keeper continues a's run")
+        #expect(waitUntil(30) { (try? h.status("a").follower?.inSync) == true }, "a never followed b")
+        let a = try #require(try h.status("a").follower)
+        #expect(a.counters.fullSyncs == 0 && a.counters.partialResyncs >= 1, "a resumed: \(a.counters)")
+        #expect(try b.set(Array("after-switch".utf8), Array("from b".utf8)) == .stored)
+        let toB = try PairHarness.rawTap(to: Endpoint(host: "127.0.0.1", port: h.passivePort), id: "on-b", wantsApplied: false)
+        defer { toB.close() }
+        try toB.send(.records([TapRecord(seq: 1, op: .write, key: Array("after-switch".utf8))]))
+        let onA = try h.active.connect()
+        #expect(waitUntil(10) { (try? onA.get(Array("after-switch".utf8))) != nil }, "b's write never reached a")
+        let (rc, out) = try h.verify()
+        #expect(rc == 0, "the copies differ: \(out)")
+    }
+
+    /// A keeper continuing a run (promoted from a follower that held it through some offset)
+    /// resumes only the follower that ended exactly there: one ahead holds writes the new
+    /// active lacks, one behind lacks some; both full sync.
+    @Test func aContinuedRunResumesOnlyAFollowerThatEndedWhereItContinues() throws {
+        let lineage = Keeper.Lineage(runID: 42, offset: 100)
+        for (applied, resumes) in [(UInt64(100), true), (150, false), (99, false)] {
+            let keeper = Keeper(backlogBytes: 1 << 20, epoch: 2, continuing: lineage)
+            defer { keeper.stop() }
+            #expect(keeper.snapshot.endOffset == 100)
+            #expect(keeper.orphans().lost == 0, "the continued run's records are on the peer, not lost")
+            let (follower, served) = try JournalChannelTests.pair()
+            defer { follower.close() }
+            Threads.start("test-keeper") { keeper.serveFollower(served) }
+            try follower.send(.follow(runID: 42, applied: applied, epoch: 2))
+            let reply = try follower.receive()
+            let expected: Message = resumes ? .resume(runID: keeper.runID, from: 101) : .fullSync(runID: keeper.runID, from: 101)
+            #expect(reply == expected, "a follower at offset \(applied)")
+        }
     }
 
     @Test func twoActivesMeetAndTheLowerEpochSavesItsOrphansThenResyncs() throws {

@@ -13,8 +13,8 @@
 # promoted, the VIP follows, and every acknowledged write is readable through the VIP; then
 # bring the crashed node back and check it rejoins unpromoted, full syncs, and verifies clean;
 # then move the promoted role back to it (a planned switchover, `crm_resource --move`) and
-# check no acknowledged write is lost and the demoted node handed its journal over (no
-# recovery file).
+# check no acknowledged write is lost, the demoted node handed its journal over (no
+# recovery file) and follows without a full sync.
 #
 #   pacemaker-lab.sh check | run | down     (as failover-lab.sh; RESULT key=value lines)
 #
@@ -234,6 +234,9 @@ scenario() {
     check switchover_handed_over grep -q "handed over: the follower applied the journal to its end" "$STATE/$sec/run/understudy/understudy.log"
     check switchover_no_recovery_file [ -z "$(field_of "$sec" recovery_file)" ]
     check switchover_demoted_follows wait_until 60 is_passive_in_sync "$sec"
+    # It handed all of its run over, and the new active continues that run: no full sync.
+    result "switchover_demoted_full_syncs=$(field_of "$sec" full_syncs) partial_resyncs=$(field_of "$sec" partial_resyncs)"
+    check switchover_demoted_resumed [ "$(field_of "$sec" full_syncs)" = 0 ]
     on_node "$sec" crm_resource --resource understudy-clone --clear >/dev/null 2>&1
     for ns in $NODES; do result "final_$ns: role=$(field_of "$ns" role) epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
     return 0
