@@ -52,5 +52,6 @@ struct NamespaceLabTests {
         #expect(results["switchover_handed_over"] == "ok")
         #expect(results["switchover_no_recovery_file"] == "ok")
         #expect(results["switchover_demoted_resumed"] == "ok", "the demoted node resumes the run the new active continues")
+        #expect(results["switchover_copy_verifies"] == "ok")
     }
 }

@@ -237,6 +237,7 @@ scenario() {
     # It handed all of its run over, and the new active continues that run: no full sync.
     result "switchover_demoted_full_syncs=$(field_of "$sec" full_syncs) partial_resyncs=$(field_of "$sec" partial_resyncs)"
     check switchover_demoted_resumed [ "$(field_of "$sec" full_syncs)" = 0 ]
+    check switchover_copy_verifies on_node "$sec" "$BIN" verify --active "$(ip_of "$prim"):11211" --passive 127.0.0.1:11211
     on_node "$sec" crm_resource --resource understudy-clone --clear >/dev/null 2>&1
     for ns in $NODES; do result "final_$ns: role=$(field_of "$ns" role) epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
     return 0
