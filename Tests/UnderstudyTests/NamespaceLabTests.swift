@@ -26,6 +26,7 @@ struct NamespaceLabTests {
         #expect(results["cluster_settles"] == "ok", "after the heal: one active holding the VIP, for 25 s running")
         #expect(results["exactly_one_active"] == "ok")
         #expect(results["partition_lost"] == "0")
+        #expect(results["final_copy_verifies"] == "ok", "after the heal the passive's copy is the active's")
         #expect(Double(results["rto_seconds"] ?? "") != nil, "RTO must be measured")
     }
 

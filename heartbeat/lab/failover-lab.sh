@@ -203,6 +203,17 @@ scenario() {
     local res; res=$(acked_lost part $rec)
     result "partition_acked=$(echo "$res" | cut -d' ' -f1) partition_lost=$(echo "$res" | cut -d' ' -f2) partition_in_recovery_file=$(echo "$res" | cut -d' ' -f3)"
     check partition_no_write_lost_silently [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    # After the heal's role changes (full syncs, and resumes where a hand-over completed),
+    # the passive's copy is the active's.
+    local act pas
+    act=$(for ns in $NODES; do is_active "$ns" && echo "$ns"; done | head -1)
+    pas=$(for ns in $NODES; do [ "$ns" != "$act" ] && echo "$ns"; done | head -1)
+    if [ -n "$act" ] && [ -n "$pas" ]; then
+        check final_passive_in_sync wait_until 60 is_passive_in_sync "$pas"
+        check final_copy_verifies on_node "$pas" "$BIN" verify --active "$(ip_of "$act"):11211" --passive 127.0.0.1:11211
+    else
+        check final_copy_verifies false
+    fi
     for ns in $NODES; do result "final_$ns: role=$(role_of "$ns") epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
     return 0
 }
