@@ -47,6 +47,41 @@ struct SocketCloseTests {
         }
     }
 
+    /// A follower's stop trips its `Interrupter`: a read blocked on a silent peer (a host that
+    /// vanished) ends at once instead of at its I/O timeout, and a connection that joins after
+    /// the trip is shut as it joins, so none opened during a stop carries anything.
+    @Test func anInterrupterBreaksABlockedReadAndEveryLaterMember() throws {
+        let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let interrupter = Interrupter()
+        let blocked = try Socket.connect(to: Endpoint(host: "127.0.0.1", port: listener.port), timeoutMs: 2000)
+        let silent = try listener.accept()
+        defer { blocked.close(); silent.close() }
+        try blocked.setIOTimeout(milliseconds: 10_000)
+        interrupter.add(blocked)
+        let ended = Monitor<Double?>(nil)
+        Threads.start("blocked-reader") {
+            let start = Clock.monoNanos()
+            var buf = [UInt8](repeating: 0, count: 16)
+            _ = try? buf.withUnsafeMutableBytes { try blocked.read(into: $0) }
+            ended.update { $0 = Double(Clock.monoNanos() - start) / 1e9 }
+        }
+        usleep(200_000)
+        #expect(ended.withLock { $0 } == nil, "the read was meant to be blocked on the silent peer")
+        interrupter.trip()
+        let took = ended.wait(until: { $0 != nil }, timeoutMs: 5000) { s, _ in s }
+        #expect(took != nil && took! < 5, "the blocked read ended after \(took.map { "\($0) s" } ?? "more than 5 s")")
+
+        let later = try Socket.connect(to: Endpoint(host: "127.0.0.1", port: listener.port), timeoutMs: 2000)
+        let laterPeer = try listener.accept()
+        defer { later.close(); laterPeer.close() }
+        interrupter.add(later)
+        try laterPeer.setIOTimeout(milliseconds: 2000)
+        var buf = [UInt8](repeating: 0, count: 16)
+        let n = try buf.withUnsafeMutableBytes { try laterPeer.read(into: $0) }
+        #expect(n == 0, "a member added after the trip was shut: its peer reads the end of the stream")
+    }
+
     @Test func aReaderNeverReadsTheSocketThatReusedItsDescriptor() throws {
         let listener = try Listener.tcp(Endpoint(host: "127.0.0.1", port: 0))
         defer { listener.close() }
