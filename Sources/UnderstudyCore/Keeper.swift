@@ -35,6 +35,9 @@ final class Keeper: Sendable {
         /// waiters.
         var tapsClosed = false
         var counters = KeeperCounters()
+
+        /// The follower has applied the journal to its end.
+        var followerCaughtUp: Bool { followerApplied >= backlog.lastOffset }
     }
 
     /// The run a keeper continues, as Redis's PSYNC2 keeps its master's replication id: a
@@ -90,8 +93,8 @@ final class Keeper: Sendable {
     func handOver(timeoutMs: Int) -> Bool {
         state.update { $0.tapsClosed = true }
         return state.wait(until: { s in
-            s.followerConnection == nil || !s.followerInSync || s.followerApplied >= s.backlog.lastOffset
-        }, timeoutMs: timeoutMs) { s, _ in s.followerApplied >= s.backlog.lastOffset }
+            s.followerConnection == nil || !s.followerInSync || s.followerCaughtUp
+        }, timeoutMs: timeoutMs) { s, _ in s.followerCaughtUp }
     }
 
     func stop() {

@@ -151,7 +151,7 @@ extension Node {
     /// gap a tap reports is, and then the follower did not apply everything.
     private func positionAfterHandOver(_ keeper: Keeper?, handedOver: Bool) -> FollowerPosition? {
         if handedOver, let keeper,
-           let end = keeper.state.withLock({ s in s.followerApplied >= s.backlog.lastOffset ? s.backlog.lastOffset : nil }),
+           let end = keeper.state.withLock({ s in s.followerCaughtUp ? s.backlog.lastOffset : nil }),
            let local = localIdentity() {
             let position = FollowerPosition(runID: keeper.runID, applied: end, local: local, active: nil)
             do {

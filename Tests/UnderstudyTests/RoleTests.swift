@@ -323,20 +323,10 @@ struct RoleTests {
         try Self.expectLeftToCluster(node, failures: 1, flag: flag)
     }
 
-    /// A passive node in this process; `settings` go through `Config.set` as on the command line.
+    /// A passive node in this process, following `peer`.
     static func passive(memcached: String, peer: String, peerMemcached: String, settings: [(String, String)]) throws -> Node {
-        let dir = Paths.tempDir("passive")
-        var c = Config()
-        try c.set("memcached", memcached)
-        try c.set("listen", "127.0.0.1:\(Ports.free())")
-        try c.set("peer", peer)
-        try c.set("peer-memcached", peerMemcached)
-        for (k, v) in settings { try c.set(k, v) }
-        c.control = dir + "/control.sock"
-        c.stateDir = dir + "/state"
-        let node = try Node(c)
-        node.start()
-        return node
+        try TapHarness.node(.passive, dir: Paths.tempDir("passive"), port: Ports.free(), memcached: memcached,
+                            settings: [("peer", peer), ("peer-memcached", peerMemcached)] + settings)
     }
 
     /// The node's probe of the active judged the host unreachable after `failures`, and the

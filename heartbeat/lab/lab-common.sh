@@ -172,15 +172,19 @@ report_rto() {  # report_rto CRASH_TIME PREFIX
     [ -n "$first" ] && result "rto_seconds=$(el "$1" "$first")"
 }
 
-# After a crash at TCRASH under writer PREFIX: measure the RTO, stop the writer, and check
-# every acknowledged write is readable through the VIP.
+# Stops writer PREFIX and checks every write it had acknowledged is readable through the VIP.
+check_acked_writes() {  # check_acked_writes PREFIX
+    writer_stop "$1"
+    local res; res=$(acked_lost "$1")
+    result "$1_acked=$(echo "$res" | cut -d' ' -f1) $1_lost=$(echo "$res" | cut -d' ' -f2)"
+    check "$1_no_acked_write_lost" [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+}
+
+# After a crash at TCRASH under writer PREFIX: measure the RTO, then check the writes.
 check_crash_writes() {  # check_crash_writes TCRASH PREFIX
     report_rto "$1" "$2"
     sleep 1
-    writer_stop "$2"
-    local res; res=$(acked_lost "$2")
-    result "$2_acked=$(echo "$res" | cut -d' ' -f1) $2_lost=$(echo "$res" | cut -d' ' -f2)"
-    check "$2_no_acked_write_lost" [ "$(echo "$res" | cut -d' ' -f2)" = 0 ]
+    check_acked_writes "$2"
 }
 
 # After a failed check, what each node's cluster software and daemon did, so a failure on a

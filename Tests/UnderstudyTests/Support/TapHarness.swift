@@ -34,8 +34,14 @@ final class TapHarness: @unchecked Sendable {
 
     static func keeper(dir: String, port: UInt16, memcached: String, suffix: String = "",
                        settings: [(String, String)] = []) throws -> Node {
+        try node(.active, dir: dir, port: port, memcached: memcached, suffix: suffix, settings: settings)
+    }
+
+    /// A node in this process, started; `settings` go through `Config.set` as on the command line.
+    static func node(_ role: Config.Role, dir: String, port: UInt16, memcached: String, suffix: String = "",
+                     settings: [(String, String)] = []) throws -> Node {
         var c = Config()
-        c.role = .active
+        c.role = role
         try c.set("memcached", memcached)
         try c.set("listen", "127.0.0.1:\(port)")
         for (k, v) in settings { try c.set(k, v) }
