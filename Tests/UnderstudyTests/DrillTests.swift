@@ -149,9 +149,9 @@ struct DrillTests {
             _ = waitUntil(30) { ((try? h.status("b").follower?.counters.fullSyncs) ?? 0) >= 2 }
             expectedFullSyncs = 2
         case .followerStall:
-            kill(h.follower!.pid, SIGSTOP)
+            try h.follower!.pause()
             usleep(1_500_000)
-            kill(h.follower!.pid, SIGCONT)
+            h.follower!.resume()
         case .partitionPassive, .partitionActive:
             let node = kind == .partitionPassive ? "b" : "a"
             try nodes!.cut(node)

@@ -174,8 +174,8 @@ struct ReplicationTests {
         try h.waitCaughtUp()
         let c = try MemcacheConnection(h.tapEndpoint, ioTimeoutMs: 10_000)
         #expect(try c.set(Array("before".utf8), [1]) == .stored)
-        kill(h.follower!.pid, SIGSTOP)
-        defer { kill(h.follower!.pid, SIGCONT) }
+        try h.follower!.pause()
+        defer { h.follower!.resume() }
         let outcome = setInBackground(h.tapEndpoint, "in-flight", [2])
         usleep(300_000)
         #expect(outcome.withLock { $0 } == nil, "the write must be waiting for the stopped follower")
@@ -195,15 +195,15 @@ struct ReplicationTests {
     @Test func syncWriteIsRefusedWhenTheKeeperFallsSilent() throws {
         let h = try PairHarness(tapMode: "sync")
         try h.waitCaughtUp()
-        let keeper = h.keeper!.pid
-        kill(keeper, SIGSTOP)  // alive, connections open, silent: what a cut link looks like
+        let keeper = h.keeper!
+        try keeper.pause()  // alive, connections open, silent: what a cut link looks like
         var resumed = false
-        defer { if !resumed { kill(keeper, SIGCONT) } }
+        defer { if !resumed { keeper.resume() } }
         let outcome = setInBackground(h.tapEndpoint, "unheard", [7])
         #expect(waitUntil(10) { outcome.withLock { $0 } != nil })
         let got = outcome.withLock { $0 } ?? "no answer"
         #expect(got.contains("refused") && got.contains("not replicated"), "\(got)")
-        kill(keeper, SIGCONT)
+        keeper.resume()
         resumed = true
         let passive = try h.passive.connect()
         #expect(waitUntil(20) { (try? passive.get(Array("unheard".utf8)))??.value == [7] },

@@ -124,9 +124,9 @@ struct RoleTests {
         let before = try #require(try h.status("a").keeper?.endOffset)
         let raw = try h.rawTap(id: "burst", wantsApplied: false)
         defer { raw.close() }
-        kill(h.follower!.pid, SIGSTOP)
+        try h.follower!.pause()
         var stopped = true
-        defer { if stopped { kill(h.follower!.pid, SIGCONT) } }
+        defer { if stopped { h.follower!.resume() } }
         for batch in 0..<20 {
             try raw.send(.records((0..<1000).map { i in
                 TapRecord(seq: UInt64(batch * 1000 + i + 1), op: .write, key: Array("burst-\(batch)-\(i)".utf8))
@@ -150,7 +150,7 @@ struct RoleTests {
         try h.keeper!.waitForLog("handing over")
         try raw.send(.records([TapRecord(seq: 20_001, op: .write, key: Array("too-late".utf8))]))
         usleep(100_000)
-        kill(h.follower!.pid, SIGCONT)
+        h.follower!.resume()
         stopped = false
         #expect(waitUntil(30) { demoted.withLock { $0 } != nil })
         #expect(demoted.withLock { $0 }?.contains("passive") == true, "demote said: \(demoted.withLock { $0 } ?? "nothing")")
@@ -236,7 +236,7 @@ struct RoleTests {
     @Test func activeMemcachedFailureRunsTheTakeoverHook() throws {
         let dir = Paths.tempDir("hook")
         let flag = dir + "/takeover-ran"
-        let h = try PairHarness(followerArgs: ["--on-active-failure", "echo \"$UNDERSTUDY_REASON\" > \(flag)",
+        let h = try PairHarness(followerArgs: ["--on-active-failure", "echo \"$UNDERSTUDY_REASON\" > \(flag).tmp && mv \(flag).tmp \(flag)",
                                                "--probe-interval", "100", "--probe-failures", "3"])
         try h.write(0..<10, prefix: "h")
         try h.waitCaughtUp()

@@ -110,10 +110,8 @@ struct TapEventLoopTests {
         #expect(out == "STORED\r\nVALUE s1 0 1\r\na\r\nEND\r\nMN\r\n")
         #expect(try h.passive.connect().get(Array("s1".utf8))?.value == Array("a".utf8), "sync: acknowledged means on the passive")
         // With the follower stopped, a sync write waits; another client is served meanwhile.
-        kill(h.follower!.pid, SIGSTOP)
-        defer { kill(h.follower!.pid, SIGCONT) }
-        // kill() returns before a follower busy on another core has stopped.
-        usleep(300_000)
+        try h.follower!.pause()
+        defer { h.follower!.resume() }
         let waiting = try Socket.connect(to: h.tapEndpoint, timeoutMs: 2000)
         defer { waiting.close() }
         try waiting.setIOTimeout(milliseconds: 10_000)
@@ -125,7 +123,7 @@ struct TapEventLoopTests {
         #expect(Clock.monoNanos() - start < 900_000_000, "a read must not wait behind another client's sync write")
         let early = try waiting.waitReadable(timeoutMs: 0) ? try readUntil(waiting, 1) : ""
         #expect(early.isEmpty, "the sync write must still be waiting, got \(early.debugDescription)")
-        kill(h.follower!.pid, SIGCONT)
+        h.follower!.resume()
         if early.isEmpty { #expect(try readUntil(waiting, 8) == "STORED\r\n") }
     }
 

@@ -25,7 +25,7 @@ final class BlockedCopy {
                                         settings: [("on-active-failure", "none")])
         tap = try PairHarness.rawTap(to: Endpoint(host: "127.0.0.1", port: port), id: "blocked", wantsApplied: false)
         guard waitUntil(20, { self.passive.status.follower?.inSync == true }) else { throw TestFailure("the passive never got in sync") }
-        kill(active.child.pid, SIGSTOP)
+        try active.child.pause()
         try tap.send(.records([TapRecord(seq: 1, op: .write, key: Array("blocked".utf8))]))
         // Journaled, received by the follower, and not applied: its copy is stuck on the active.
         let received = waitUntil(10) {
@@ -36,7 +36,7 @@ final class BlockedCopy {
     }
 
     deinit {
-        kill(active.child.pid, SIGCONT)
+        active.child.resume()
         tap.close()
         passive.stop()
         keeper.stop()
