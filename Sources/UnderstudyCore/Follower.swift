@@ -121,19 +121,9 @@ final class Follower: Sendable {
             s.draining = true
             return s.phase == "connecting" && !s.connected
         }
-        var stopped = false
-        let deadline = Clock.monoNanos() + UInt64(timeoutMs) * 1_000_000
-        var last = state.withLock { $0.applied }
-        while !between {
-            let now = Clock.monoNanos()
-            let slice = now < deadline ? min(stallMs, Int((deadline - now) / 1_000_000) + 1) : 0
-            // `applied` moves without waking waiters (the applier's hot path), so progress is
-            // judged at the end of each slice.
-            let applied: UInt64
-            (stopped, applied) = state.wait(until: { $0.phase == "stopped" }, timeoutMs: slice) { s, ok in (ok, s.applied) }
-            if stopped || applied == last || Clock.monoNanos() >= deadline { break }
-            last = applied
-        }
+        // `applied` moves without waking waiters (the applier's hot path); the wait samples it.
+        let stopped = !between && state.wait(until: { $0.phase == "stopped" }, progressing: { $0.applied },
+                                             stallMs: stallMs, timeoutMs: timeoutMs)
         stop()
         // From here no write of ours reaches the local memcached (`memcachedLinks`). A copy
         // broken off unwinds at once; give it a moment so the report below is final. A

@@ -82,19 +82,21 @@ final class Keeper: Sendable {
         }
     }
 
-    /// Stops journaling, then gives an in-sync follower up to `timeoutMs` to apply the journal
-    /// to its end; true if it did. In a planned switchover the cluster manager takes the VIP
-    /// away first, so the records still in flight are the last few milliseconds' worth; without
-    /// this they went to the recovery file (acknowledged writes missing on the new active until
-    /// an operator replays them), and now they reach the peer. Taps stay connected meanwhile
-    /// and hear what the follower applies, so a sync write in flight is answered as
-    /// replicated; a record a tap sends now is neither journaled nor acknowledged, and the tap
-    /// resends it to the next keeper.
-    func handOver(timeoutMs: Int) -> Bool {
+    /// Stops journaling, then lets an in-sync follower apply the journal to its end for as
+    /// long as it makes progress (`stallMs` without an ack that moves, `timeoutMs` in all);
+    /// true if it did. In a planned switchover the cluster manager takes the VIP away first,
+    /// so the records still in flight are the last few milliseconds' worth; without this they
+    /// went to the recovery file (acknowledged writes missing on the new active until an
+    /// operator replays them), and now they reach the peer. A fixed 2 s wait cut short a
+    /// follower with a burst to apply on a loaded machine; one that stops acking is stuck,
+    /// and is not waited for. Taps stay connected meanwhile and hear what the follower
+    /// applies, so a sync write in flight is answered as replicated; a record a tap sends now
+    /// is neither journaled nor acknowledged, and the tap resends it to the next keeper.
+    func handOver(timeoutMs: Int, stallMs: Int) -> Bool {
         state.update { $0.tapsClosed = true }
-        return state.wait(until: { s in
-            s.followerConnection == nil || !s.followerInSync || s.followerCaughtUp
-        }, timeoutMs: timeoutMs) { s, _ in s.followerCaughtUp }
+        _ = state.wait(until: { s in s.followerConnection == nil || !s.followerInSync || s.followerCaughtUp },
+                       progressing: { $0.followerApplied }, stallMs: stallMs, timeoutMs: timeoutMs)
+        return state.withLock { $0.followerCaughtUp }
     }
 
     func stop() {

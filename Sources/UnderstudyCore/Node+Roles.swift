@@ -40,10 +40,13 @@ extension Node {
     }
 
     static let transitionWaitMs = 20_000
-    /// How long a demote waits for an in-sync follower to apply the journal's end: in a
-    /// switchover that is milliseconds of records; a follower that cannot manage it in this
-    /// time is not keeping up, and the records go to the recovery file as before.
-    static let handOverMs = 2000
+    /// How long a demote lets an in-sync follower apply the journal's end: in a switchover
+    /// that is usually milliseconds of records, so the wait goes on while the follower's acks
+    /// move (a loaded machine's burst) and ends a second after they stop; a follower that
+    /// stalls that long, or needs more than 10 s, is not keeping up, and what it lacks goes
+    /// to the recovery file as before. Well inside the cluster managers' demote timeout (30 s).
+    static let handOverMs = 10_000
+    static let handOverStallMs = 1000
 
     private func endTransition() { state.update { $0.transitioning = false } }
 
@@ -177,9 +180,10 @@ extension Node {
         let (keeper, detector) = state.withLock { ($0.keeper, $0.detector) }
         var handedOver = false
         if let keeper, keeper.state.withLock({ $0.followerInSync }) {
-            Log.info("node", "handing over: journaling stopped; the follower has up to \(Self.handOverMs) ms to apply the rest")
+            Log.info("node", "handing over: journaling stopped; the follower applies the rest while it makes progress "
+                     + "(up to \(Self.handOverMs) ms, \(Self.handOverStallMs) ms without)")
             let start = Clock.monoNanos()
-            let caughtUp = keeper.handOver(timeoutMs: Self.handOverMs)
+            let caughtUp = keeper.handOver(timeoutMs: Self.handOverMs, stallMs: Self.handOverStallMs)
             handedOver = caughtUp
             let ms = (Clock.monoNanos() - start) / 1_000_000
             let end = keeper.state.withLock { $0.backlog.lastOffset }

@@ -73,4 +73,23 @@ public final class Monitor<State>: @unchecked Sendable {
         }
         return body(&state, true)
     }
+
+    /// Waits until `done` holds, for as long as `progress` keeps moving: at most `stallMs`
+    /// without a change and `timeoutMs` in all. True if `done` held. For waits on work that
+    /// may be slow and may be stuck (a follower applying what is left): a fixed timeout cut
+    /// short a slow one that was getting there, or waited out a stuck one for nothing.
+    /// Progress is sampled at the end of each slice, so it may move without waking anyone.
+    public func wait<P: Equatable>(until done: (State) -> Bool, progressing progress: (State) -> P,
+                                   stallMs: Int, timeoutMs: Int) -> Bool {
+        let deadline = Clock.monoNanos() + UInt64(max(timeoutMs, 0)) * 1_000_000
+        var last = withLock { progress($0) }
+        while true {
+            let now = Clock.monoNanos()
+            let slice = now < deadline ? min(stallMs, Int((deadline - now) / 1_000_000) + 1) : 0
+            let (ok, moved) = wait(until: done, timeoutMs: slice) { s, ok in (ok, progress(s)) }
+            if ok { return true }
+            if moved == last || Clock.monoNanos() >= deadline { return false }
+            last = moved
+        }
+    }
 }
