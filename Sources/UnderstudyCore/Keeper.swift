@@ -225,6 +225,10 @@ final class Keeper: Sendable {
 
     func journalGap(tapID: BytesKey, from: UInt64, lost: UInt64, reason: String) {
         state.update { s in
+            // As with records (see `journal`): unacknowledged, the tap reports the gap again
+            // to the next keeper. Journaled here it would put a full sync in the way of the
+            // follower the hand-over is waiting for.
+            guard !s.tapsClosed else { return }
             var tap = s.taps[tapID] ?? TapState()
             let last = from + lost - 1
             if last > tap.lastSeq {

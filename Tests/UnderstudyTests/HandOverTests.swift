@@ -69,6 +69,22 @@ struct HandOverTests {
         #expect(Clock.monoNanos() - started >= 3_000_000_000)
     }
 
+    /// A tap that overflowed reports a gap; during a hand-over the keeper leaves it, as it
+    /// leaves records, to the next keeper (the tap reports it again there). Journaled, it set
+    /// the follower a full sync with the hand-over waiting on it.
+    @Test func aGapReportedDuringTheHandOverIsLeftToTheNextKeeper() throws {
+        let s = try Setup()
+        defer { s.close() }
+        let result = s.handOver()
+        #expect(waitUntil(10) { s.keeper.state.withLock { $0.tapsClosed } })
+        try s.tap.send(.tapGap(fromSeq: 31, lost: 5))
+        usleep(200_000)
+        #expect(s.keeper.snapshot.endOffset == 30, "the gap was journaled")
+        try s.follower.send(.followerAck(applied: 30))
+        #expect(waitUntil(10) { result.withLock { $0 } != nil })
+        #expect(result.withLock { $0 } == true)
+    }
+
     /// A follower whose acks stop moving is stuck; the demote must not wait out 10 s for it.
     @Test func aStalledFollowerEndsTheWaitAfterASecond() throws {
         let s = try Setup()
