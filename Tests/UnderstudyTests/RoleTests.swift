@@ -106,8 +106,8 @@ struct RoleTests {
         let out = node.promote(reason: "test")
         let seconds = Double(Clock.monoNanos() - started) / 1e9
         #expect((try? out.get()) == "active, epoch 1", "promote said: \(out)")
-        // Milliseconds now; about 1.8 s before. Loose for a loaded machine.
-        #expect(seconds < 1.0, "the promote took \(seconds) s")
+        // Milliseconds now; about 1.8 s before. Loose for a loaded machine, still under that.
+        #expect(seconds < 1.5, "the promote took \(seconds) s")
     }
 
     /// A planned switchover: the cluster manager takes the VIP away, demotes the active and
