@@ -64,7 +64,9 @@ struct RoleTests {
             let r = node.promote(reason: "test")
             promoted.update { $0 = (try? r.get()) ?? "failed" }
         }
-        usleep(300_000)
+        // Under way, not merely started (a fixed sleep here could outlast the drain on a
+        // loaded machine): the demote below then overlaps it.
+        #expect(waitUntil(5) { node.state.withLock { $0.transitioning } })
         #expect(promoted.withLock { $0 } == nil, "the promote was meant to be draining the follower still")
         let demoted = node.demote(reason: "test")
         #expect(promoted.withLock { $0 } == "active, epoch 2", "the demote returned before the promote it overlapped")
