@@ -35,11 +35,7 @@ extension Follower {
     /// Saves the position if the copy is valid and it moved since the last save.
     func persist() {
         savedPosition.withLock { saved in
-            let pos = state.withLock { s -> FollowerPosition? in
-                guard let run = s.runID, let local = s.identities.local, s.copyValid else { return nil }
-                return FollowerPosition(runID: run, applied: s.applied, local: local, active: s.identities.active)
-            }
-            guard let pos, pos != saved.position else { return }
+            guard let pos = completeCopy, pos != saved.position else { return }
             do {
                 try pos.save(to: options.stateDir)
                 saved.position = pos

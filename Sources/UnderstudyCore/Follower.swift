@@ -154,12 +154,13 @@ final class Follower: Sendable {
         }
     }
 
-    /// The run and offset the local copy is complete through, and the local memcached that
-    /// holds it; nil while the copy is incomplete.
-    var completeCopy: (Keeper.Lineage, MemcachedIdentity)? {
+    /// The run and offset the local copy is complete through, and the memcached processes it
+    /// is of: what `persist` saves, and what a promotion continues. Nil while the copy is
+    /// incomplete.
+    var completeCopy: FollowerPosition? {
         state.withLock { s in
             guard s.copyValid, let run = s.runID, let local = s.identities.local else { return nil }
-            return (Keeper.Lineage(runID: run, offset: s.applied), local)
+            return FollowerPosition(runID: run, applied: s.applied, local: local, active: s.identities.active)
         }
     }
 

@@ -137,9 +137,9 @@ extension Node {
     /// process that holds it: one restarted under a follower between connections is empty,
     /// whatever the offsets say, and must not be continued from.
     private func continuedRun(_ follower: Follower) -> Keeper.Lineage? {
-        guard let (lineage, holder) = follower.completeCopy,
-              let now = localIdentity(), holder.sameProcess(as: now) else { return nil }
-        return lineage
+        guard let copy = follower.completeCopy,
+              let now = localIdentity(), copy.local.sameProcess(as: now) else { return nil }
+        return Keeper.Lineage(runID: copy.runID, offset: copy.applied)
     }
 
     private func localIdentity() -> MemcachedIdentity? {

@@ -16,8 +16,6 @@ public final class Interrupter: Sendable {
 
     public init() {}
 
-    public var isTripped: Bool { state.withLock { $0.tripped } }
-
     public func add(_ socket: Socket) {
         let tripped = state.withLock { s -> Bool in
             guard !s.tripped else { return true }

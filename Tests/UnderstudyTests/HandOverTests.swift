@@ -19,8 +19,7 @@ struct HandOverTests {
             let (follower, served) = try JournalChannelTests.pair()
             (self.tap, self.follower) = (tap, follower)
             Threads.start("test-keeper-tap") { [keeper] in keeper.serveTap(tapServed) }
-            try tap.send(.tapStart(tapID: Array("t".utf8), wantsApplied: false))
-            guard case .tapWelcome = try tap.receive() else { throw TestFailure("no tap welcome") }
+            try PairHarness.startTap(on: tap, id: "t", wantsApplied: false)
             try tap.send(.records((1...30).map { TapRecord(seq: UInt64($0), op: .write, key: Array("k\($0)".utf8)) }))
             guard waitUntil(10, { self.keeper.snapshot.endOffset == 30 }) else { throw TestFailure("the keeper never journaled the records") }
             Threads.start("test-keeper-follower") { [keeper] in keeper.serveFollower(served) }

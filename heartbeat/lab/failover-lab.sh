@@ -175,7 +175,7 @@ scenario() {
     sleep 1
     writer_stop rejoin
     sleep 1
-    check a_copy_verifies on_node usA "$BIN" verify --active "$(ip_of usB):11211" --passive 127.0.0.1:11211
+    check a_copy_verifies copy_verifies usA usB
 
     # 3. partition usb (the active) from everyone but the client? Cut usa off, then heal.
     writer_start part
@@ -210,7 +210,7 @@ scenario() {
     pas=$(for ns in $NODES; do [ "$ns" != "$act" ] && echo "$ns"; done | head -1)
     if [ -n "$act" ] && [ -n "$pas" ]; then
         check final_passive_in_sync wait_until 60 is_passive_in_sync "$pas"
-        check final_copy_verifies on_node "$pas" "$BIN" verify --active "$(ip_of "$act"):11211" --passive 127.0.0.1:11211
+        check final_copy_verifies copy_verifies "$pas" "$act"
     else
         check final_copy_verifies false
     fi

@@ -172,6 +172,10 @@ report_rto() {  # report_rto CRASH_TIME PREFIX
     [ -n "$first" ] && result "rto_seconds=$(el "$1" "$first")"
 }
 
+# copy_verifies PASSIVE ACTIVE: `understudy verify`, run on PASSIVE, finds its memcached the
+# same as ACTIVE's. (Each lab's on_node enters a node's namespaces its own way.)
+copy_verifies() { on_node "$1" "$BIN" verify --active "$(ip_of "$2"):11211" --passive 127.0.0.1:11211; }
+
 # Stops writer PREFIX and checks every write it had acknowledged is readable through the VIP.
 check_acked_writes() {  # check_acked_writes PREFIX
     writer_stop "$1"

@@ -144,9 +144,9 @@ status_of() { on_node "$1" "$BIN" status --control "$CONTROL" 2>/dev/null; }
 field_of() { status_of "$1" | sed -n "s/^$2://p"; }
 is_active() { [ "$(field_of "$1" role)" = active ]; }
 is_passive_in_sync() { [ "$(field_of "$1" role)" = passive ] && [ "$(field_of "$1" in_sync)" = true ]; }
-promoted_node() { local n; for n in $NODES; do is_active "$n" && has_vip "$n" && echo "$n"; done; }
-one_promoted_with_vip() { [ "$(promoted_node | wc -l)" = 1 ]; }
 promoted_with_vip() { is_active "$1" && has_vip "$1"; }
+promoted_node() { local n; for n in $NODES; do promoted_with_vip "$n" && echo "$n"; done; }
+one_promoted_with_vip() { [ "$(promoted_node | wc -l)" = 1 ]; }
 unpromoted_on() { on_node "$1" crm_mon -1 2>/dev/null | grep -q "Unpromoted: \[ $(host_of "$2") \]"; }
 
 configure() {
@@ -216,7 +216,7 @@ scenario() {
     result "rejoin_seconds=$(el "$trejoin")"
     check old_node_full_synced [ "$(field_of "$prim" full_syncs)" -ge 1 ]
     check survivor_still_promoted is_active "$sec"
-    check old_node_copy_verifies on_node "$prim" "$BIN" verify --active "$(ip_of "$sec"):11211" --passive 127.0.0.1:11211
+    check old_node_copy_verifies copy_verifies "$prim" "$sec"
 
     # Planned switchover back: Pacemaker stops the VIP, demotes (the keeper hands its journal
     # to the in-sync follower), promotes the old node and starts the VIP there.
@@ -234,7 +234,7 @@ scenario() {
     # It handed all of its run over, and the new active continues that run: no full sync.
     result "switchover_demoted_full_syncs=$(field_of "$sec" full_syncs) partial_resyncs=$(field_of "$sec" partial_resyncs)"
     check switchover_demoted_resumed [ "$(field_of "$sec" full_syncs)" = 0 ]
-    check switchover_copy_verifies on_node "$sec" "$BIN" verify --active "$(ip_of "$prim"):11211" --passive 127.0.0.1:11211
+    check switchover_copy_verifies copy_verifies "$sec" "$prim"
     on_node "$sec" crm_resource --resource understudy-clone --clear >/dev/null 2>&1
     for ns in $NODES; do result "final_$ns: role=$(field_of "$ns" role) epoch=$(field_of "$ns" epoch) in_sync=$(field_of "$ns" in_sync)"; done
     return 0

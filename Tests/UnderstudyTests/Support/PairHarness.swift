@@ -96,12 +96,17 @@ final class PairHarness: @unchecked Sendable {
 
     static func rawTap(to keeper: Endpoint, id: String, wantsApplied: Bool) throws -> JournalChannel {
         let (ch, _) = try Handshake.connect(keeper, secret: [], kind: .tap)
-        try ch.send(.tapStart(tapID: Array(id.utf8), wantsApplied: wantsApplied))
-        guard case .tapWelcome = try ch.receive() else {
+        do { try startTap(on: ch, id: id, wantsApplied: wantsApplied) } catch {
             ch.close()
-            throw JournalError.unexpected("no tap welcome")
+            throw error
         }
         return ch
+    }
+
+    /// Opens a tap's session on a channel to a keeper (past the handshake, if any).
+    static func startTap(on ch: JournalChannel, id: String, wantsApplied: Bool) throws {
+        try ch.send(.tapStart(tapID: Array(id.utf8), wantsApplied: wantsApplied))
+        guard case .tapWelcome = try ch.receive() else { throw JournalError.unexpected("no tap welcome") }
     }
 
     /// `understudy promote|demote|resync --control` on node "a" or "b"; returns its output.
