@@ -207,7 +207,7 @@ scenario() {
     # the passive's copy is the active's.
     local act pas
     act=$(for ns in $NODES; do is_active "$ns" && echo "$ns"; done | head -1)
-    pas=$(for ns in $NODES; do [ "$ns" != "$act" ] && echo "$ns"; done | head -1)
+    pas=$(peer_of "$act")
     if [ -n "$act" ] && [ -n "$pas" ]; then
         check final_passive_in_sync wait_until 60 is_passive_in_sync "$pas"
         check final_copy_verifies copy_verifies "$pas" "$act"
