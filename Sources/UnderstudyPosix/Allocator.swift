@@ -14,7 +14,7 @@ import Glibc
 /// (`M_TOP_PAD`), allocations up to 32 MiB from the heap rather than each its own `mmap`, and
 /// freed memory kept until 128 MiB of it sit at the top, the same load makes no memory-map
 /// calls at all. One arena means threads share malloc's lock for what their per-thread
-/// caches (tcache) do not serve; see README "What changed" for what that cost.
+/// caches (tcache) do not serve; README "What the measurements changed" has what that cost.
 public enum Allocator {
     public static let topPad: Int32 = 64 << 20
     /// glibc's ceiling for `M_MMAP_THRESHOLD` on 64-bit (half its 64 MiB heap size).
