@@ -123,22 +123,20 @@ settled() {
 # takes it again. A check at a fixed time after the heal could land in that gap (one run
 # here cleared it by 1.3 s). The restart begins within seconds of the heal, so 25 s of one
 # active, holding the VIP, comes after it.
+# Each poll asks every node's daemon, so it polls every 0.5 s, not wait_until's 0.1.
 SETTLED_SINCE=""
 watch_settled() {
-    local bound=$1 stable=$2 last="" line end since=""
-    end=$(awk -v n="$(now)" -v t="$bound" 'BEGIN{printf "%.3f", n+t}')
-    while :; do
-        line=$(roles_line)
-        [ "$line" = "$last" ] || { log "roles: $line"; last=$line; }
-        if settled "$line"; then
-            [ -n "$since" ] || since=$(now)
-            awk -v n="$(now)" -v s="$since" -v t="$stable" 'BEGIN{exit !(n-s>=t)}' && { SETTLED_SINCE=$since; return 0; }
-        else
-            since=""
-        fi
-        awk -v n="$(now)" -v e="$end" 'BEGIN{exit !(n>e)}' && return 1
-        sleep 0.5
-    done
+    ROLES_LOGGED="" SETTLED_FROM=""
+    POLL=0.5 wait_until "$1" settled_for "$2"
+}
+# settled_for STABLE: one poll of watch_settled; true once `settled` has held STABLE seconds.
+settled_for() {
+    local line; line=$(roles_line)
+    [ "$line" = "$ROLES_LOGGED" ] || { log "roles: $line"; ROLES_LOGGED=$line; }
+    settled "$line" || { SETTLED_FROM=""; return 1; }
+    [ -n "$SETTLED_FROM" ] || SETTLED_FROM=$(now)
+    awk -v n="$(now)" -v s="$SETTLED_FROM" -v t="$1" 'BEGIN{exit !(n-s>=t)}' || return 1
+    SETTLED_SINCE=$SETTLED_FROM
 }
 
 scenario() {

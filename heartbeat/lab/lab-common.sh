@@ -51,13 +51,13 @@ check() {  # check NAME CONDITION-CMD...
 }
 ns_exists() { [ -e "/run/netns/$1" ]; }
 
-wait_until() {  # wait_until SECONDS CMD...  (polls every 100 ms)
+wait_until() {  # wait_until SECONDS CMD...  (polls every $POLL seconds, 0.1 unless set)
     local to=$1; shift
     local end; end=$(awk -v n="$(now)" -v t="$to" 'BEGIN{printf "%.3f", n+t}')
     while :; do
         "$@" && return 0
         awk -v n="$(now)" -v e="$end" 'BEGIN{exit !(n>e)}' && return 1
-        sleep 0.1
+        sleep "${POLL:-0.1}"
     done
 }
 
