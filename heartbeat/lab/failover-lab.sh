@@ -104,7 +104,8 @@ role_of() { status_of "$1" | sed -n 's/^role://p'; }
 field_of() { status_of "$1" | sed -n "s/^$2://p"; }
 is_active() { [ "$(role_of "$1")" = active ]; }
 is_passive_in_sync() { [ "$(role_of "$1")" = passive ] && [ "$(field_of "$1" in_sync)" = true ]; }
-actives() { local n c=0; for n in $NODES; do is_active "$n" && c=$((c + 1)); done; echo $c; }
+active_nodes() { local n; for n in $NODES; do is_active "$n" && echo "$n"; done; }
+actives() { active_nodes | wc -l; }
 
 # Each node's role and whether it holds the VIP, as one line.
 roles_line() { local n; for n in $NODES; do printf '%s=%s%s ' "$n" "$(role_of "$n")" "$(has_vip "$n" && echo +vip)"; done; }
@@ -204,7 +205,7 @@ scenario() {
     # After the heal's role changes (full syncs, and resumes where a hand-over completed),
     # the passive's copy is the active's.
     local act pas
-    act=$(for ns in $NODES; do is_active "$ns" && echo "$ns"; done | head -1)
+    act=$(active_nodes | head -1)
     pas=$(peer_of "$act")
     if [ -n "$act" ] && [ -n "$pas" ]; then
         check final_passive_in_sync wait_until 60 is_passive_in_sync "$pas"

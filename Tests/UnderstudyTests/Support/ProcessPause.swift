@@ -8,12 +8,9 @@ import Glibc
 extension ChildProcess {
     func pause(timeout: Double = 5) throws {
         kill(pid, SIGSTOP)
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if Self.allThreadsStopped(pid) { return }
-            usleep(1000)
+        guard waitUntil(timeout, { Self.allThreadsStopped(pid) }) else {
+            throw TestFailure("\(name) (pid \(pid)) did not stop within \(timeout) s of SIGSTOP")
         }
-        throw TestFailure("\(name) (pid \(pid)) did not stop within \(timeout) s of SIGSTOP")
     }
 
     func resume() {
