@@ -25,6 +25,16 @@ extension MemcacheConnection {
         return replies
     }
 
+    /// Reads `keys` with `MetaRequest.peek` in one pipeline, then gives back every win token
+    /// a read took (`MetaRequest.markStale`): reads that are not the application's must
+    /// leave a stale item for the application to recache.
+    public func peek(_ keys: [[UInt8]], _ flags: [String]) throws(MemcacheError) -> [MetaReply] {
+        let replies = try pipeline(keys.map { MetaRequest.peek($0, flags) })
+        let returns = zip(keys, replies).filter { $0.1.wonToken }.map { MetaRequest.markStale($0.0) }
+        if !returns.isEmpty { _ = try pipeline(returns) }
+        return replies
+    }
+
     /// Sends quiet requests followed by `mn`, and reads until `MN`. Returns only what the server
     /// did not suppress (misses for `mg q`, failures and errors for `ms q`/`md q`), each tagged
     /// with the index of the request it answers, recovered from an `O<index>` opaque. Error
@@ -65,6 +75,9 @@ extension MemcacheConnection {
         public var miss: Bool
         public var flags: [UInt8]
         public var ttl: Int64
+        /// `X`: the item is stale; `W`: this read took its win token (see `MetaReply`).
+        public var stale = false
+        public var wonToken = false
         /// The whole line, when it was neither `VA` nor `EN` (an error), for the log.
         public var other: String?
     }
@@ -99,6 +112,8 @@ extension MemcacheConnection {
             switch line[tokStart] {
             case UInt8(ascii: "f"): h.flags = Array(line[(tokStart + 1)..<i])
             case UInt8(ascii: "t"): h.ttl = Bytes.parseInt(line[(tokStart + 1)..<i]) ?? -1
+            case UInt8(ascii: "X"): h.stale = true
+            case UInt8(ascii: "W"): h.wonToken = true
             default: break
             }
         }

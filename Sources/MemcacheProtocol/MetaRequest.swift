@@ -20,6 +20,20 @@ public struct MetaRequest: Sendable, Equatable {
     }
 
     public static func get(_ key: [UInt8], _ flags: [String]) -> MetaRequest { .init(.get, key: key, flags: flags) }
+    /// A get that leaves the item as it was (`u`: no LRU bump, no fetched mark, no access
+    /// time), for reads that are not the application's: replication and verification. A
+    /// plain `mg` marks the item fetched, so every replicated write would look read once:
+    /// the app's first real read would then make it active (kept in the warm LRU, as if read
+    /// twice), and `evicted_unfetched` / `expired_unfetched` would read near zero.
+    public static func peek(_ key: [UInt8], _ flags: [String]) -> MetaRequest { .get(key, [peekFlag] + flags) }
+    public static let peekFlag = "u"
+    /// `md k I`: marks the item stale, keeping its value and TTL, and clears its sent-token
+    /// mark, so the next `mg` wins the right to recache it (`W`). That copies an item's
+    /// staleness, and gives back a win token that a read which is not the application's took
+    /// (any `mg` of a stale item takes it, `u` or not, and the clients after it are told
+    /// `Z`: someone else is recaching). It also bumps the CAS, and it cannot be made
+    /// conditional on the item being unchanged (with `I`, `C` passes only for an older CAS).
+    public static func markStale(_ key: [UInt8], quiet: Bool = false) -> MetaRequest { .delete(key, quiet ? ["I", "q"] : ["I"]) }
     public static func set(_ key: [UInt8], _ value: [UInt8], _ flags: [String]) -> MetaRequest { .init(.set, key: key, flags: flags, value: value) }
     public static func delete(_ key: [UInt8], _ flags: [String] = []) -> MetaRequest { .init(.delete, key: key, flags: flags) }
     public static func arithmetic(_ key: [UInt8], _ flags: [String] = []) -> MetaRequest { .init(.arithmetic, key: key, flags: flags) }
@@ -89,6 +103,10 @@ public struct MetaReply: Sendable, Equatable {
     }
 
     public var isHit: Bool { status == .va || status == .hd }
+    /// `X`: the item is stale (`md k I`), served until someone recaches it.
+    public var isStale: Bool { flag("X") != nil }
+    /// `W`: this read won the right to recache the item (see `MetaRequest.markStale`).
+    public var wonToken: Bool { flag("W") != nil }
 
     /// Parses a reply header line. Returns the reply and, for `VA`, how many data bytes follow.
     public static func parseHeader(_ line: [UInt8]) -> (MetaReply, dataLength: Int?) {

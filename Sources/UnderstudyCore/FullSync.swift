@@ -123,6 +123,7 @@ struct FullSync: Sendable {
                 report("copy", false)
             }
             if let prev = inFlight { tally(try copier.storeFetched(prev)) }
+            try copier.returnTokens()
             let errors = try copier.awaitStored() + copier.deferredErrors
             totals.update { $0.errors += errors }
         } catch let e as Failure {

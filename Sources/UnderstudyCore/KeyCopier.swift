@@ -3,8 +3,10 @@ import MemcacheProtocol
 import UnderstudyPosix
 
 /// Copies keys' current state from the active memcached to the local one, in pipelined
-/// batches: `mg k v f t` on the active, then `ms k F T q` (or `md k q` on a miss) locally,
-/// fenced by `mn`. State-based, so copying a key twice or late is harmless (DESIGN §2).
+/// batches: `mg k u v f t` on the active (`u`: see `MetaRequest.peek`), then `ms k F T q`
+/// (or `md k q` on a miss; and `md k I q` after it for a stale item) locally, fenced by `mn`.
+/// A win token a fetch took goes back to the active (`returnTokens`). State-based, so
+/// copying a key twice or late is harmless (DESIGN §2).
 ///
 /// Used by both the streaming follower and full sync; one copier is one ordered pipeline per
 /// side, which is what gives per-key order (Invariant 4).
@@ -24,6 +26,14 @@ final class KeyCopier {
     /// and building it afresh each time regrew it by copying and had the kernel map and zero
     /// fresh pages for it (a third of a 4 KiB-value full sync's CPU).
     private var storeBatch: [UInt8] = []
+    /// Keys whose win token a fetch took from the active, not yet given back. An `mg` of a
+    /// stale item (`md k I`) takes the right to recache it, `u` or not; kept, no client of
+    /// the application would recache that key until its stale TTL ran out (they are told
+    /// `Z`, someone else is on it). See `MetaRequest.markStale`.
+    private var tokensWon: [[UInt8]] = []
+    /// How many token returns went out ahead of each fetch batch not yet read, oldest first:
+    /// a full sync keeps the next batch in flight, so returns ride out with the batch after.
+    private var returnsAhead: [Int] = []
 
     init(active: MemcacheConnection, local: MemcacheConnection) {
         self.active = active
@@ -34,6 +44,7 @@ final class KeyCopier {
     func copy(_ keys: [[UInt8]]) throws(MemcacheError) -> Outcome {
         try sendFetch(keys)
         var out = try storeFetched(keys)
+        try returnTokens()
         out.errors += try awaitStored()
         return out
     }
@@ -42,6 +53,7 @@ final class KeyCopier {
     func sendFetch(_ keys: [[UInt8]]) throws(MemcacheError) {
         var out: [UInt8] = []
         out.reserveCapacity(keys.count * 40)
+        returnsAhead.append(try appendTokenReturns(to: &out))
         for k in keys {
             out.append(contentsOf: Self.mg)
             if Self.appendKey(k, to: &out) {
@@ -69,6 +81,7 @@ final class KeyCopier {
     /// Stage 2: read the active's replies and send the matching local writes (not waiting).
     /// Returns what was queued; errors from the local side arrive with `awaitStored`.
     func storeFetched(_ keys: [[UInt8]]) throws(MemcacheError) -> Outcome {
+        try readTokenReturns()
         var o = Outcome()
         var out = storeBatch
         storeBatch = []
@@ -91,6 +104,8 @@ final class KeyCopier {
                 out.append(contentsOf: Self.quietEnd)
                 try active.readData(len, appendingTo: &out)
                 out.append(contentsOf: Self.crlf)
+                if h.stale { try Self.encode(.markStale(k, quiet: true), into: &out) }
+                if h.wonToken { tokensWon.append(k) }
                 o.copied += 1
             } else if h.miss {
                 out.append(contentsOf: Self.md)
@@ -107,6 +122,36 @@ final class KeyCopier {
         try local.send(out)
         localPending = true
         return o
+    }
+
+    /// Gives back the win tokens the batches read so far took; for when no fetch is in
+    /// flight (after a lone batch, at the end of a full sync).
+    func returnTokens() throws(MemcacheError) {
+        guard !tokensWon.isEmpty else { return }
+        var out: [UInt8] = []
+        returnsAhead.append(try appendTokenReturns(to: &out))
+        try active.send(out)
+        try readTokenReturns()
+    }
+
+    private func appendTokenReturns(to out: inout [UInt8]) throws(MemcacheError) -> Int {
+        defer { tokensWon.removeAll() }
+        for k in tokensWon { try Self.encode(.markStale(k), into: &out) }
+        return tokensWon.count
+    }
+
+    /// Reads the replies to the token returns sent ahead of the oldest batch in flight.
+    private func readTokenReturns() throws(MemcacheError) {
+        guard !returnsAhead.isEmpty else { return }
+        for _ in 0..<returnsAhead.removeFirst() {
+            let r = try active.readMetaReply()
+            if r.status != .hd && r.status != .nf { Log.warning("follower", "active refused to take back a win token: \(r.status)") }
+        }
+    }
+
+    /// The rare requests (staleness, tokens) go through `MetaRequest`'s one encoder.
+    private static func encode(_ r: MetaRequest, into out: inout [UInt8]) throws(MemcacheError) {
+        do { try r.encode(into: &out) } catch { throw .protocolError(error) }
     }
 
     /// Stage 3: wait for the local `MN`; returns how many local writes failed.
@@ -143,8 +188,8 @@ final class KeyCopier {
     static let md = Array("md ".utf8)
     static let mn = Array("mn\r\n".utf8)
     static let b = Array(" b".utf8)
-    static let fetchFlags = Array(" v f t\r\n".utf8)
-    static let fetchFlagsB64 = Array(" b v f t\r\n".utf8)
+    static let fetchFlags = Array(" \(MetaRequest.peekFlag) v f t\r\n".utf8)
+    static let fetchFlagsB64 = Array(" b \(MetaRequest.peekFlag) v f t\r\n".utf8)
     static let quietEnd = Array(" q\r\n".utf8)
     static let crlf = Array("\r\n".utf8)
     static let spaceF = Array(" F".utf8)

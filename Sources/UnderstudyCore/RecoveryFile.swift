@@ -49,7 +49,7 @@ struct RecoveryFile {
         let now = Clock.unixSeconds()
         for chunk in stride(from: 0, to: keys.count, by: 500) {
             let slice = Array(keys[chunk..<min(keys.count, chunk + 500)])
-            let replies = (try? conn?.pipeline(slice.map { MetaRequest.get($0.key, ["v", "f", "t"]) })) ?? nil
+            let replies = (try? conn?.peek(slice.map(\.key), ["v", "f", "t"])) ?? nil
             for (i, r) in slice.enumerated() {
                 var line = Line(epoch: epoch, run_id: String(runID, radix: 16), offset: r.offset, op: r.op.description,
                                 key_b64: String(decoding: Base64.encode(r.key), as: UTF8.self), found: false)

@@ -2,7 +2,7 @@ import MemcacheClient
 import MemcacheProtocol
 import UnderstudyPosix
 
-/// `understudy verify`: compares every key's value, flags and TTL on two memcacheds.
+/// `understudy verify`: compares every key's value, flags, TTL and staleness on two memcacheds.
 public struct Verifier {
     public var active: Endpoint
     public var passive: Endpoint
@@ -34,8 +34,10 @@ public struct Verifier {
         public var valueDiffs = 0
         public var flagDiffs = 0
         public var ttlDiffs = 0
+        /// Stale (`md k I`) on one side only.
+        public var staleDiffs = 0
         public var first: [Difference] = []
-        public var total: Int { missing + extra + valueDiffs + flagDiffs + ttlDiffs }
+        public var total: Int { missing + extra + valueDiffs + flagDiffs + ttlDiffs + staleDiffs }
     }
 
     public func run(showing limit: Int = 20) throws(MemcacheError) -> Report {
@@ -50,9 +52,8 @@ public struct Verifier {
             if report.first.count < limit { report.first.append(Difference(key: key, what: what)) }
         }
         func compare() throws(MemcacheError) {
-            let reqs = batch.map { MetaRequest.get($0, ["v", "f", "t"]) }
-            let ra = try a.pipeline(reqs)
-            let rp = try p.pipeline(reqs)
+            let ra = try a.peek(batch, ["v", "f", "t"])
+            let rp = try p.peek(batch, ["v", "f", "t"])
             for (i, k) in batch.enumerated() {
                 let x = ra[i], y = rp[i]
                 if x.status != .va { continue }  // gone from the active since the dump: nothing to hold
@@ -69,6 +70,10 @@ public struct Verifier {
                 if x.flag("f") != y.flag("f") {
                     report.flagDiffs += 1
                     note(k, "flags \(Bytes.text(x.flag("f") ?? [])) vs \(Bytes.text(y.flag("f") ?? []))")
+                }
+                if x.isStale != y.isStale {
+                    report.staleDiffs += 1
+                    note(k, "stale on the \(x.isStale ? "active" : "passive") only")
                 }
                 let ta = x.intFlag("t") ?? -1, tp = y.intFlag("t") ?? -1
                 let tolerance = ttlTolerance + (ta > Expiry.relativeLimit ? Self.absoluteExpirySlack : 0)
@@ -94,8 +99,8 @@ public struct Verifier {
             while let keys = try passiveFeed.next() {
                 let extras = keys.filter { !seen.contains(FullSync.hash($0)) }
                 if extras.isEmpty { continue }
-                let rp = try p.pipeline(extras.map { MetaRequest.get($0, []) })
-                let ra = try a.pipeline(extras.map { MetaRequest.get($0, []) })
+                let rp = try p.peek(extras, [])
+                let ra = try a.peek(extras, [])
                 for (i, k) in extras.enumerated() where rp[i].isHit && !ra[i].isHit {
                     report.extra += 1
                     note(k, "only on passive")

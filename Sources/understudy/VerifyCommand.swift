@@ -21,7 +21,7 @@ enum VerifyCommand {
             let show = Int(o.values["show"] ?? "20") ?? 20
             do {
                 let r = try v.run(showing: show)
-                print("compared:\(r.compared) differences:\(r.total) missing_on_passive:\(r.missing) only_on_passive:\(r.extra) value:\(r.valueDiffs) flags:\(r.flagDiffs) ttl:\(r.ttlDiffs)")
+                print("compared:\(r.compared) differences:\(r.total) missing_on_passive:\(r.missing) only_on_passive:\(r.extra) value:\(r.valueDiffs) flags:\(r.flagDiffs) ttl:\(r.ttlDiffs) stale:\(r.staleDiffs)")
                 for d in r.first { print("  \(d)") }
                 return r.total == 0 ? 0 : 1
             } catch {

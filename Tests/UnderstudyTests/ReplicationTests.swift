@@ -56,6 +56,64 @@ struct ReplicationTests {
         #expect(f.counters.flushes == 1)
     }
 
+    /// Replication's reads must not count as the application's on the active: a fetched mark
+    /// on every item would promote once-read items into the warm LRU and zero the
+    /// `evicted_unfetched` an operator sizes memory by. Full sync, streaming and verify all
+    /// read the active here; `mg u h` (which itself leaves the item alone) must still say
+    /// never fetched, and does say fetched for a key the test reads as an app would.
+    @Test func replicationAndVerifyLeaveTheActivesItemsUnfetched() throws {
+        let h = try PairHarness(startFollower: false)
+        try h.active.prefill(300)
+        try h.startFollower()
+        try h.write(0..<300, prefix: "w")
+        try h.waitCaughtUp()
+        let (code, out) = try h.verify()
+        #expect(code == 0, "verify: \(out)")
+        let a = try h.active.connect()
+        defer { a.close() }
+        _ = try a.get(Array("w7".utf8))
+        let keys = (0..<300).flatMap { [Array("pre\($0)".utf8), Array("w\($0)".utf8)] }
+        let replies = try a.pipeline(keys.map { MetaRequest.peek($0, ["h"]) })
+        let fetched = zip(keys, replies).filter { $0.1.intFlag("h") != 0 }.map { String(decoding: $0.0, as: UTF8.self) }
+        #expect(replies.allSatisfy { $0.status == .hd })
+        #expect(fetched == ["w7"], "items marked fetched on the active: \(fetched.prefix(5)) (\(fetched.count))")
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.keysCopied >= 600)
+    }
+
+    /// Any `mg` of a stale item (`md k I`) takes the right to recache it, `u` or not, and
+    /// every read after it is told `Z` (someone else is recaching) until the stale TTL runs
+    /// out. Full sync, streaming and verify all read stale items on the active here; the
+    /// app's first read after them must still win (`W`). The copy is stale too, so after a
+    /// failover the first read on the passive recaches.
+    @Test func staleItemsCopyStaleAndLeaveTheRecacheTokenToTheApp() throws {
+        let h = try PairHarness(startFollower: false)
+        try h.active.prefill(10)
+        let a = try h.active.connect()
+        defer { a.close() }
+        #expect(try a.meta(.delete(Array("pre3".utf8), ["I", "T60"])).status == .hd)  // stale before the full sync
+        try h.startFollower()
+        try h.write(0..<10, prefix: "s")
+        let c = try MemcacheConnection(h.tapEndpoint)
+        defer { c.close() }
+        #expect(try c.meta(.delete(Array("s4".utf8), ["I", "T60"])).status == .hd)  // through the tap: streamed
+        try h.waitCaughtUp()
+        let (code, out) = try h.verify()
+        #expect(code == 0 && out.contains("stale:0"), "verify: \(out)")
+        let b = try h.passive.connect()
+        defer { b.close() }
+        func shown(_ r: MetaReply) -> String { r.flags.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ") }
+        for key in ["pre3", "s4"] {
+            let onActive = try a.meta(.get(Array(key.utf8), ["v"]))
+            #expect(onActive.isStale && onActive.wonToken, "\(key) on the active: \(shown(onActive))")
+            let onPassive = try b.meta(.get(Array(key.utf8), ["v", "t"]))
+            #expect(onPassive.isStale && onPassive.wonToken, "\(key) on the passive: \(shown(onPassive))")
+            #expect((50...60).contains(onPassive.intFlag("t") ?? -1), "\(key) stale TTL on the passive: \(shown(onPassive))")
+        }
+        let fresh = try b.meta(.get(Array("s5".utf8), ["v"]))
+        #expect(fresh.status == .va && !fresh.isStale, "s5 on the passive: \(shown(fresh))")
+    }
+
     @Test func followerRestartResumesFromTheBacklog() throws {
         let h = try PairHarness()
         try h.write(0..<5000, prefix: "r")

@@ -33,15 +33,26 @@ struct VerifierTests {
             ("ttl", ("v", ["T3600"]), ("v", ["T3610"])),
             ("ttl-none", ("v", ["T3600"]), ("v", ["T0"])),
             ("absolute", ("v", ["T\(absolute)"]), ("v", ["T\(absolute + 10)"])),
+            ("stale", ("v", ["T3600"]), ("v", ["T3600"])),
+            ("stale-both", ("v", ["T3600"]), ("v", ["T3600"])),
         ]
         for (key, onActive, onPassive) in cases {
             if let (v, f) = onActive { try put(a, key, v, f) }
             if let (v, f) = onPassive { try put(p, key, v, f) }
         }
+        for (c, key) in [(a, "stale"), (a, "stale-both"), (p, "stale-both")] {
+            #expect(try c.meta(.markStale(Array(key.utf8))).status == .hd)
+        }
         let report = try Verifier(active: active.endpoint, passive: passive.endpoint).run(showing: 100)
         let found = Set(report.first.map { String(decoding: $0.key, as: UTF8.self) })
-        #expect(found == ["missing", "extra", "value", "flags", "ttl", "ttl-none", "absolute"], "\(report.first)")
-        #expect(report.compared == 10, "every key on the active but the extra one")
-        #expect((report.missing, report.extra, report.valueDiffs, report.flagDiffs, report.ttlDiffs) == (1, 1, 1, 1, 3))
+        #expect(found == ["missing", "extra", "value", "flags", "ttl", "ttl-none", "absolute", "stale"], "\(report.first)")
+        #expect(report.compared == 12, "every key on the active but the extra one")
+        #expect((report.missing, report.extra, report.valueDiffs, report.flagDiffs, report.ttlDiffs, report.staleDiffs) == (1, 1, 1, 1, 3, 1))
+        // Verify read the stale items on both sides; the application's next read must still
+        // win the right to recache them.
+        for (c, key) in [(a, "stale"), (a, "stale-both"), (p, "stale-both")] {
+            let r = try c.meta(.get(Array(key.utf8), ["v"]))
+            #expect(r.isStale && r.wonToken, "\(key): \(r.flags.map { String(decoding: $0, as: UTF8.self) })")
+        }
     }
 }
