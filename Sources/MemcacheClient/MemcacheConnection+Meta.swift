@@ -75,9 +75,12 @@ extension MemcacheConnection {
         public var miss: Bool
         public var flags: [UInt8]
         public var ttl: Int64
-        /// `X`: the item is stale; `W`: this read took its win token (see `MetaReply`).
+        /// `X`: the item is stale; `W`: this read took its win token; `Z`: another client
+        /// holds it (see `MetaReply`).
         public var stale = false
         public var wonToken = false
+        public var tokenOut = false
+        public var awaitsRecache: Bool { stale || tokenOut }
         /// The whole line, when it was neither `VA` nor `EN` (an error), for the log.
         public var other: String?
     }
@@ -114,6 +117,7 @@ extension MemcacheConnection {
             case UInt8(ascii: "t"): h.ttl = Bytes.parseInt(line[(tokStart + 1)..<i]) ?? -1
             case UInt8(ascii: "X"): h.stale = true
             case UInt8(ascii: "W"): h.wonToken = true
+            case UInt8(ascii: "Z"): h.tokenOut = true
             default: break
             }
         }

@@ -107,6 +107,11 @@ public struct MetaReply: Sendable, Equatable {
     public var isStale: Bool { flag("X") != nil }
     /// `W`: this read won the right to recache the item (see `MetaRequest.markStale`).
     public var wonToken: Bool { flag("W") != nil }
+    /// The item waits for a client to recache it: stale, or its win token is out (`Z`: a
+    /// placeholder `mg k N` made, or an `R` refresh under way). memcached cannot be told
+    /// "token out", so a copy of such an item is made stale: after a failover its first
+    /// reader recaches, where a bare copy of a placeholder would read as an empty value.
+    public var awaitsRecache: Bool { isStale || flag("Z") != nil }
 
     /// Parses a reply header line. Returns the reply and, for `VA`, how many data bytes follow.
     public static func parseHeader(_ line: [UInt8]) -> (MetaReply, dataLength: Int?) {

@@ -4,7 +4,8 @@ import UnderstudyPosix
 
 /// Copies keys' current state from the active memcached to the local one, in pipelined
 /// batches: `mg k u v f t` on the active (`u`: see `MetaRequest.peek`), then `ms k F T q`
-/// (or `md k q` on a miss; and `md k I q` after it for a stale item) locally, fenced by `mn`.
+/// (or `md k q` on a miss; and `md k I q` after it for an item that waits for a recache:
+/// see `MetaReply.awaitsRecache`) locally, fenced by `mn`.
 /// A win token a fetch took goes back to the active (`returnTokens`). State-based, so
 /// copying a key twice or late is harmless (DESIGN §2).
 ///
@@ -104,7 +105,7 @@ final class KeyCopier {
                 out.append(contentsOf: Self.quietEnd)
                 try active.readData(len, appendingTo: &out)
                 out.append(contentsOf: Self.crlf)
-                if h.stale { try Self.encode(.markStale(k, quiet: true), into: &out) }
+                if h.awaitsRecache { try Self.encode(.markStale(k, quiet: true), into: &out) }
                 if h.wonToken { tokensWon.append(k) }
                 o.copied += 1
             } else if h.miss {

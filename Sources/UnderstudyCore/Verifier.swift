@@ -34,7 +34,8 @@ public struct Verifier {
         public var valueDiffs = 0
         public var flagDiffs = 0
         public var ttlDiffs = 0
-        /// Stale (`md k I`) on one side only.
+        /// Stale on one side only (`MetaReply.awaitsRecache`: on the active, a placeholder or
+        /// a refresh under way counts as stale, as its copy is).
         public var staleDiffs = 0
         public var first: [Difference] = []
         public var total: Int { missing + extra + valueDiffs + flagDiffs + ttlDiffs + staleDiffs }
@@ -71,9 +72,9 @@ public struct Verifier {
                     report.flagDiffs += 1
                     note(k, "flags \(Bytes.text(x.flag("f") ?? [])) vs \(Bytes.text(y.flag("f") ?? []))")
                 }
-                if x.isStale != y.isStale {
+                if x.awaitsRecache != y.awaitsRecache {
                     report.staleDiffs += 1
-                    note(k, "stale on the \(x.isStale ? "active" : "passive") only")
+                    note(k, "stale on the \(x.awaitsRecache ? "active" : "passive") only")
                 }
                 let ta = x.intFlag("t") ?? -1, tp = y.intFlag("t") ?? -1
                 let tolerance = ttlTolerance + (ta > Expiry.relativeLimit ? Self.absoluteExpirySlack : 0)

@@ -85,7 +85,8 @@ struct ReplicationTests {
     /// every read after it is told `Z` (someone else is recaching) until the stale TTL runs
     /// out. Full sync, streaming and verify all read stale items on the active here; the
     /// app's first read after them must still win (`W`). The copy is stale too, so after a
-    /// failover the first read on the passive recaches.
+    /// failover the first read on the passive recaches; so is the copy of a placeholder
+    /// `mg k N` made, which would otherwise read there as an empty value.
     @Test func staleItemsCopyStaleAndLeaveTheRecacheTokenToTheApp() throws {
         let h = try PairHarness(startFollower: false)
         try h.active.prefill(10)
@@ -97,15 +98,20 @@ struct ReplicationTests {
         let c = try MemcacheConnection(h.tapEndpoint)
         defer { c.close() }
         #expect(try c.meta(.delete(Array("s4".utf8), ["I", "T60"])).status == .hd)  // through the tap: streamed
+        #expect(try c.meta(.get(Array("vivified".utf8), ["N60", "v"])).wonToken)  // a placeholder, journaled
         try h.waitCaughtUp()
         let (code, out) = try h.verify()
         #expect(code == 0 && out.contains("stale:0"), "verify: \(out)")
         let b = try h.passive.connect()
         defer { b.close() }
         func shown(_ r: MetaReply) -> String { r.flags.map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ") }
-        for key in ["pre3", "s4"] {
+        for key in ["pre3", "s4", "vivified"] {
             let onActive = try a.meta(.get(Array(key.utf8), ["v"]))
-            #expect(onActive.isStale && onActive.wonToken, "\(key) on the active: \(shown(onActive))")
+            if key == "vivified" {
+                #expect(onActive.flag("Z") != nil, "the placeholder's token is the app's: \(shown(onActive))")
+            } else {
+                #expect(onActive.isStale && onActive.wonToken, "\(key) on the active: \(shown(onActive))")
+            }
             let onPassive = try b.meta(.get(Array(key.utf8), ["v", "t"]))
             #expect(onPassive.isStale && onPassive.wonToken, "\(key) on the passive: \(shown(onPassive))")
             #expect((50...60).contains(onPassive.intFlag("t") ?? -1), "\(key) stale TTL on the passive: \(shown(onPassive))")
