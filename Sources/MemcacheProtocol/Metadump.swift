@@ -4,11 +4,14 @@ public struct MetadumpEntry: Equatable, Sendable {
     /// Absolute unix expiry, or nil for "never" (`exp=-1`).
     public var expiry: Int64?
     public var size: Int
+    /// `fetch=yes`: read at least once since it was stored.
+    public var fetched: Bool
 
-    public init(key: [UInt8], expiry: Int64?, size: Int) {
+    public init(key: [UInt8], expiry: Int64?, size: Int, fetched: Bool = false) {
         self.key = key
         self.expiry = expiry
         self.size = size
+        self.fetched = fetched
     }
 
     /// Parses `key=<percent-encoded> exp=<abs|-1> la=.. cas=.. fetch=.. cls=.. size=..`.
@@ -23,9 +26,10 @@ public struct MetadumpEntry: Equatable, Sendable {
         var key: [UInt8]?
         var exp: Int64?
         var size = 0
+        var fetched = false
         var tokens = TokenScanner(line)
         while let tok = tokens.next() {
-            // Seven fields a line, three wanted: the first byte rules out the rest.
+            // Seven fields a line, four wanted: the first byte rules out the rest.
             switch tok.first {
             case UInt8(ascii: "k"):
                 guard let v = Bytes.value(of: "key=", in: tok) else { continue }
@@ -35,6 +39,9 @@ public struct MetadumpEntry: Equatable, Sendable {
                 guard let v = Bytes.value(of: "exp=", in: tok) else { continue }
                 guard let e = Bytes.parseInt(v) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
                 exp = e
+            case UInt8(ascii: "f"):
+                guard let v = Bytes.value(of: "fetch=", in: tok) else { continue }
+                fetched = Bytes.equals(v, "yes")
             case UInt8(ascii: "s"):
                 guard let v = Bytes.value(of: "size=", in: tok) else { continue }
                 size = Int(Bytes.parseUInt(v) ?? 0)
@@ -43,7 +50,7 @@ public struct MetadumpEntry: Equatable, Sendable {
             }
         }
         guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(Array(line)))") }
-        return MetadumpEntry(key: k, expiry: (exp == nil || exp! < 0) ? nil : exp, size: size)
+        return MetadumpEntry(key: k, expiry: (exp == nil || exp! < 0) ? nil : exp, size: size, fetched: fetched)
     }
 
     /// memcached percent-encodes every byte outside unreserved URI characters.

@@ -19,6 +19,9 @@ public struct Config: Sendable {
     /// Backlog bound in bytes (default 64 MiB ≈ 600 k records of 30-byte keys).
     public var backlogSize = 64 << 20
     public var batchSize = 1000
+    /// Seconds between passes that mark on the passive the keys the application reads on
+    /// the active (`LRUWarmer`); 0: never.
+    public var lruSyncInterval = 60
     public var logLevel = Log.Level.info
     /// Bind the journal port to a wildcard address even so (never implied).
     public var allowWildcard = false
@@ -53,6 +56,7 @@ public struct Config: Sendable {
         ("role", "active|passive at start (default passive; heartbeat decides after that)"),
         ("backlog-size", "journal backlog bound in bytes, K/M/G suffixes (default 64M)"),
         ("batch-size", "keys per pipelined copy batch (default 1000)"),
+        ("lru-sync-interval", "seconds between passes marking on the passive what the app reads on the active (default 60; 0 off)"),
         ("log-level", "debug|info|warning|error (default info)"),
         ("allow-wildcard", "true to allow binding the journal port to 0.0.0.0 or ::"),
         ("probe-interval", "milliseconds between memcached health probes (default 500)"),
@@ -146,6 +150,9 @@ public struct Config: Sendable {
         case "batch-size":
             guard let n = Int(value), n > 0, n <= 100_000 else { throw Error("--batch-size must be 1...100000") }
             batchSize = n
+        case "lru-sync-interval":
+            guard let n = Int(value), n >= 0, n <= 86_400 else { throw Error("--lru-sync-interval must be 0...86400 seconds") }
+            lruSyncInterval = n
         case "log-level":
             let levels: [String: Log.Level] = ["debug": .debug, "info": .info, "warning": .warning, "error": .error]
             guard let l = levels[value] else { throw Error("--log-level must be debug, info, warning or error") }

@@ -15,6 +15,8 @@ final class Follower: Sendable {
         var stateDir: String
         var epoch: UInt64
         var batchSize = 1000
+        /// See `LRUWarmer`; 0: no passes.
+        var lruSyncIntervalMs = 0
         /// Told the keeper's epoch at every connect, so the node persists the highest seen.
         var onEpochSeen: @Sendable (UInt64) -> Void = { _ in }
     }
@@ -90,13 +92,22 @@ final class Follower: Sendable {
     /// vanished fails at once, and after `stop` no write of ours reaches the local memcached,
     /// which a promotion hands to the taps.
     let memcachedLinks = Interrupter()
+    let warmer: LRUWarmer?
 
     init(_ options: Options) {
         self.options = options
-        self.state = Monitor(State())
+        let state = Monitor(State())
+        self.state = state
+        warmer = options.lruSyncIntervalMs <= 0 ? nil : LRUWarmer(
+            .init(active: options.activeMemcached, local: options.localMemcached, intervalMs: options.lruSyncIntervalMs,
+                  batchSize: options.batchSize, interrupter: memcachedLinks),
+            ready: { state.withLock { $0.phase == "streaming" && $0.copyValid && !$0.stopping && !$0.draining } })
     }
 
-    func start() { Threads.start("follower") { [self] in run() } }
+    func start() {
+        Threads.start("follower") { [self] in run() }
+        warmer?.start()
+    }
 
     func stop() {
         let channel = state.update { s -> JournalChannel? in
@@ -104,6 +115,7 @@ final class Follower: Sendable {
             return s.channel
         }
         channel?.stream.socket.shutdown()
+        warmer?.stop()
         memcachedLinks.trip()
     }
 
@@ -145,12 +157,15 @@ final class Follower: Sendable {
     var stopping: Bool { state.withLock { $0.stopping } }
 
     var snapshot: FollowerStatus {
-        state.withLock { s in
-            FollowerStatus(keeperAddress: options.keeper.description, keeperRunID: s.runID.map { String($0, radix: 16) },
+        let warmed = warmer?.counters
+        return state.withLock { s in
+            var counters = s.counters
+            if let warmed { (counters.lruPasses, counters.keysWarmed) = warmed }
+            return FollowerStatus(keeperAddress: options.keeper.description, keeperRunID: s.runID.map { String($0, radix: 16) },
                            receivedOffset: s.received, appliedOffset: s.applied,
                            lagRecords: s.keeperEnd > s.applied ? s.keeperEnd - s.applied : 0, lagMs: s.lagMs,
                            inSync: s.inSync, lastFullSync: s.lastFullSync, fullSyncProgress: s.progress, lastError: s.lastError,
-                           counters: s.counters)
+                           counters: counters)
         }
     }
 

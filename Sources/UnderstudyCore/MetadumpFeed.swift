@@ -23,11 +23,13 @@ final class MetadumpFeed: Sendable {
     let state = Monitor(State())
     let stopFlag = Monitor(false)
 
+    /// `onlyFetched`: hand out only keys the application has read (`fetch=yes`).
     init(_ endpoint: Endpoint, batchSize: Int, ioTimeoutMs: Int = 10_000, collectHashes: Bool = false,
-         interrupter: Interrupter? = nil) {
+         onlyFetched: Bool = false, interrupter: Interrupter? = nil) {
         self.endpoint = endpoint
         Threads.start("metadump") { [self] in
-            read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: collectHashes, interrupter: interrupter)
+            read(batchSize: batchSize, ioTimeoutMs: ioTimeoutMs, collectHashes: collectHashes, onlyFetched: onlyFetched,
+                 interrupter: interrupter)
         }
     }
 
@@ -46,7 +48,7 @@ final class MetadumpFeed: Sendable {
         return batch
     }
 
-    private func read(batchSize: Int, ioTimeoutMs: Int, collectHashes: Bool, interrupter: Interrupter?) {
+    private func read(batchSize: Int, ioTimeoutMs: Int, collectHashes: Bool, onlyFetched: Bool, interrupter: Interrupter?) {
         var hashes = Set<UInt64>()
         var failure: FullSync.Failure?
         do throws(FullSync.Failure) {
@@ -57,6 +59,7 @@ final class MetadumpFeed: Sendable {
             batch.reserveCapacity(batchSize)
             try Self.walk(conn, shouldStop: { stopFlag.withLock { $0 } }) { (e) throws(MemcacheError) in
                 if collectHashes { hashes.insert(FullSync.hash(e.key)) }
+                if onlyFetched && !e.fetched { return }
                 batch.append(e.key)
                 if batch.count >= batchSize {
                     let full = batch

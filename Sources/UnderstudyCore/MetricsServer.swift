@@ -52,6 +52,9 @@ struct MetricsServer {
             metric("gaps_total", "Journal gaps seen.", "counter", value: Double(f.counters.gaps))
             metric("full_syncs_total", "Full syncs completed.", "counter", value: Double(f.counters.fullSyncs))
             metric("partial_resyncs_total", "Resumes from the backlog.", "counter", value: Double(f.counters.partialResyncs))
+            metric("lru_passes_total", "Passes marking on the passive the keys the app reads on the active.", "counter",
+                   value: Double(f.counters.lruPasses))
+            metric("keys_warmed_total", "Keys those passes marked.", "counter", value: Double(f.counters.keysWarmed))
             if let p = f.fullSyncProgress { metric("full_sync_keys", "Keys copied by the running full sync.", value: Double(p.keys)) }
         }
         return out

@@ -57,7 +57,8 @@ extension Node {
         }
         let epoch = state.withLock { $0.persisted.epoch }
         var options = Follower.Options(keeper: peer, activeMemcached: peerMemcached, localMemcached: config.memcached,
-                                       secret: secret, stateDir: config.stateDir, epoch: epoch, batchSize: config.batchSize)
+                                       secret: secret, stateDir: config.stateDir, epoch: epoch, batchSize: config.batchSize,
+                                       lruSyncIntervalMs: config.lruSyncInterval * 1000)
         options.onEpochSeen = { [weak self] e in self?.noteEpoch(e) }
         let f = Follower(options)
         let detector = makeDetector(target: peerMemcached, hook: config.onActiveFailure, name: "on-active-failure",

@@ -120,6 +120,34 @@ struct ReplicationTests {
         #expect(fresh.status == .va && !fresh.isStale, "s5 on the passive: \(shown(fresh))")
     }
 
+    /// Replication only writes the passive, so its LRU is the order of writes: with both
+    /// memcacheds full it evicted its oldest writes, the long-lived keys the app reads most,
+    /// which the active kept. The LRU pass marks on the passive what the app reads on the
+    /// active (`LRUWarmer`); with `--lru-sync-interval 0` this test fails (0 of 300 kept).
+    @Test func thePassiveKeepsTheKeysTheAppReadsWhenBothAreFull() throws {
+        let h = try PairHarness(activeMemoryMB: 8, followerArgs: ["--on-active-failure", "none", "--lru-sync-interval", "1"])
+        let value = { (_: Int) in [UInt8](repeating: 0x68, count: 4000) }
+        try h.write(0..<300, prefix: "hot", value: value)
+        let a = try h.active.connect()
+        defer { a.close() }
+        let hot = (0..<300).map { Array("hot\($0)".utf8) }
+        // 16 MiB of other writes through 8 MiB memcacheds, the app reading its hot keys.
+        for round in 0..<40 {
+            try h.write((round * 100)..<(round * 100 + 100), prefix: "cold", value: value)
+            _ = try a.pipeline(hot.map { MetaRequest.get($0, ["v"]) })
+            usleep(100_000)
+        }
+        try h.waitCaughtUp()
+        let onActive = try a.pipeline(hot.map { MetaRequest.peek($0, []) }).filter(\.isHit).count
+        try #require(onActive == 300, "the active itself kept \(onActive) of the 300 hot keys")
+        let b = try h.passive.connect()
+        defer { b.close() }
+        let onPassive = try b.pipeline(hot.map { MetaRequest.peek($0, []) }).filter(\.isHit).count
+        #expect(onPassive == 300, "the passive kept \(onPassive) of the 300 hot keys")
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.lruPasses >= 1 && f.counters.keysWarmed >= 300, "\(f.counters)")
+    }
+
     @Test func followerRestartResumesFromTheBacklog() throws {
         let h = try PairHarness()
         try h.write(0..<5000, prefix: "r")
