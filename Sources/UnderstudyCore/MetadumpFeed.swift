@@ -57,7 +57,12 @@ final class MetadumpFeed: Sendable {
             defer { conn.close() }
             var batch: [[UInt8]] = []
             batch.reserveCapacity(batchSize)
+            var seen = 0
             try Self.walk(conn, shouldStop: { stopFlag.withLock { $0 } }) { (e) throws(MemcacheError) in
+                // A reader that stopped reading ends the dump, closing the connection,
+                // rather than hold the crawler (one dump at a time per memcached) to its end.
+                seen += 1
+                if seen & 4095 == 0, stopFlag.withLock({ $0 }) { throw .protocolError(.unexpected("metadump stopped by its reader")) }
                 if collectHashes { hashes.insert(FullSync.hash(e.key)) }
                 if onlyFetched && !e.fetched { return }
                 batch.append(e.key)

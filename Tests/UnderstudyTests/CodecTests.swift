@@ -36,8 +36,10 @@ struct CodecTests {
         #expect(e.key == Array("a b/c".utf8))
         #expect(e.expiry == nil)
         #expect(e.size == 63)
-        let f = try MetadumpEntry.parse(Array("key=k exp=1795308756 la=1 cas=2 fetch=no cls=1 size=63".utf8))
+        #expect(!e.fetched)
+        let f = try MetadumpEntry.parse(Array("key=k exp=1795308756 la=1 cas=2 fetch=yes cls=1 size=63".utf8))
         #expect(f.expiry == 1_795_308_756)
+        #expect(f.fetched)
         #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("key=%zz exp=1".utf8)) }
         #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("garbage".utf8)) }
     }
