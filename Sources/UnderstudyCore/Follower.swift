@@ -162,10 +162,10 @@ final class Follower: Sendable {
             var counters = s.counters
             if let warmed { (counters.lruPasses, counters.keysWarmed) = warmed }
             return FollowerStatus(keeperAddress: options.keeper.description, keeperRunID: s.runID.map { String($0, radix: 16) },
-                           receivedOffset: s.received, appliedOffset: s.applied,
-                           lagRecords: s.keeperEnd > s.applied ? s.keeperEnd - s.applied : 0, lagMs: s.lagMs,
-                           inSync: s.inSync, lastFullSync: s.lastFullSync, fullSyncProgress: s.progress, lastError: s.lastError,
-                           counters: counters)
+                                  receivedOffset: s.received, appliedOffset: s.applied,
+                                  lagRecords: s.keeperEnd > s.applied ? s.keeperEnd - s.applied : 0, lagMs: s.lagMs,
+                                  inSync: s.inSync, lastFullSync: s.lastFullSync, fullSyncProgress: s.progress,
+                                  lastError: s.lastError, counters: counters)
         }
     }
 
