@@ -6,12 +6,14 @@ public struct MetadumpEntry: Equatable, Sendable {
     public var size: Int
     /// `fetch=yes`: read at least once since it was stored.
     public var fetched: Bool
+    public var cas: UInt64
 
-    public init(key: [UInt8], expiry: Int64?, size: Int, fetched: Bool = false) {
+    public init(key: [UInt8], expiry: Int64?, size: Int, fetched: Bool = false, cas: UInt64 = 0) {
         self.key = key
         self.expiry = expiry
         self.size = size
         self.fetched = fetched
+        self.cas = cas
     }
 
     /// Parses `key=<percent-encoded> exp=<abs|-1> la=.. cas=.. fetch=.. cls=.. size=..`.
@@ -27,9 +29,10 @@ public struct MetadumpEntry: Equatable, Sendable {
         var exp: Int64?
         var size = 0
         var fetched = false
+        var cas: UInt64 = 0
         var tokens = TokenScanner(line)
         while let tok = tokens.next() {
-            // Seven fields a line, four wanted: the first byte rules out the rest.
+            // Seven fields a line, five wanted: the first byte rules out the rest.
             switch tok.first {
             case UInt8(ascii: "k"):
                 guard let v = Bytes.value(of: "key=", in: tok) else { continue }
@@ -39,6 +42,9 @@ public struct MetadumpEntry: Equatable, Sendable {
                 guard let v = Bytes.value(of: "exp=", in: tok) else { continue }
                 guard let e = Bytes.parseInt(v) else { throw .malformed("metadump exp: \(Bytes.text(Array(line)))") }
                 exp = e
+            case UInt8(ascii: "c"):
+                guard let v = Bytes.value(of: "cas=", in: tok) else { continue }
+                cas = Bytes.parseUInt(v) ?? 0
             case UInt8(ascii: "f"):
                 guard let v = Bytes.value(of: "fetch=", in: tok) else { continue }
                 fetched = Bytes.equals(v, "yes")
@@ -50,7 +56,7 @@ public struct MetadumpEntry: Equatable, Sendable {
             }
         }
         guard let k = key, !k.isEmpty else { throw .malformed("metadump line without key: \(Bytes.text(Array(line)))") }
-        return MetadumpEntry(key: k, expiry: (exp == nil || exp! < 0) ? nil : exp, size: size, fetched: fetched)
+        return MetadumpEntry(key: k, expiry: (exp == nil || exp! < 0) ? nil : exp, size: size, fetched: fetched, cas: cas)
     }
 
     /// memcached percent-encodes every byte outside unreserved URI characters.

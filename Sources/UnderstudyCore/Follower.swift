@@ -160,7 +160,7 @@ final class Follower: Sendable {
         let warmed = warmer?.counters
         return state.withLock { s in
             var counters = s.counters
-            if let warmed { (counters.lruPasses, counters.keysWarmed) = warmed }
+            if let warmed { (counters.lruPasses, counters.keysWarmed, counters.keysTrimmed) = warmed }
             return FollowerStatus(keeperAddress: options.keeper.description, keeperRunID: s.runID.map { String($0, radix: 16) },
                                   receivedOffset: s.received, appliedOffset: s.applied,
                                   lagRecords: s.keeperEnd > s.applied ? s.keeperEnd - s.applied : 0, lagMs: s.lagMs,

@@ -18,6 +18,12 @@ import UnderstudyPosix
 /// LRU and goes to its warm segment, as the application's reads took it there on the
 /// active. Reads only, of the local memcached: nothing is written, so a pass needs no place
 /// in the copy's per-key order and runs beside the applier.
+///
+/// The same pass trims: keys the active evicted are still on the passive, where they take
+/// the room the active's keys need. A local key the active's dump lacked, and a peek then
+/// finds gone, is deleted with `md k C<cas>`, the CAS the local dump showed: if the applier
+/// copied the key again since (the application wrote it anew), its CAS moved and the delete
+/// fails, so the trim never removes a copy it did not look at.
 final class LRUWarmer: Sendable {
     struct Options: Sendable {
         var active: Endpoint
@@ -32,6 +38,7 @@ final class LRUWarmer: Sendable {
         var stopping = false
         var passes: UInt64 = 0
         var keysWarmed: UInt64 = 0
+        var keysTrimmed: UInt64 = 0
         /// The active's `evictions` at the last look.
         var evictions: UInt64?
     }
@@ -51,7 +58,9 @@ final class LRUWarmer: Sendable {
 
     func stop() { state.update { $0.stopping = true } }
 
-    var counters: (passes: UInt64, keysWarmed: UInt64) { state.withLock { ($0.passes, $0.keysWarmed) } }
+    var counters: (passes: UInt64, keysWarmed: UInt64, keysTrimmed: UInt64) {
+        state.withLock { ($0.passes, $0.keysWarmed, $0.keysTrimmed) }
+    }
 
     private func run() {
         var lastError = ""
@@ -59,10 +68,11 @@ final class LRUWarmer: Sendable {
             guard ready() else { continue }
             do {
                 guard try due() else { continue }
-                let warmed = try pass()
+                let (warmed, trimmed) = try pass()
                 state.update { s in
                     s.passes += 1
                     s.keysWarmed += warmed
+                    s.keysTrimmed += trimmed
                 }
                 lastError = ""
             } catch {
@@ -89,18 +99,48 @@ final class LRUWarmer: Sendable {
         return evictions > (before ?? 0)
     }
 
-    /// Returns how many of the keys the application read on the active the passive holds.
-    private func pass() throws -> UInt64 {
-        let feed = MetadumpFeed(options.active, batchSize: options.batchSize, onlyFetched: true, interrupter: options.interrupter)
+    /// Returns how many keys the application read on the active the passive holds, and how
+    /// many keys the active lacks it deleted.
+    private func pass() throws -> (warmed: UInt64, trimmed: UInt64) {
+        let feed = MetadumpFeed(options.active, batchSize: options.batchSize, collectHashes: true, onlyFetched: true,
+                                interrupter: options.interrupter)
         defer { feed.stop() }
         let local = try MemcacheConnection(options.local, ioTimeoutMs: 10_000, interrupter: options.interrupter)
         defer { local.close() }
         var warmed: UInt64 = 0
         while let keys = try feed.next() {
-            if state.withLock({ $0.stopping }) || !ready() { break }
+            if !going { return (warmed, 0) }
             let replies = try local.pipeline(keys.flatMap { [MetaRequest.get($0, []), MetaRequest.get($0, [])] })
             for i in stride(from: 0, to: replies.count, by: 2) where replies[i].isHit { warmed += 1 }
         }
-        return warmed
+        return (warmed, try trim(keeping: feed.hashes, local))
+    }
+
+    private var going: Bool { !state.withLock { $0.stopping } && ready() }
+
+    /// Deletes the local keys that are not in `activeKeys` (the active's dump) and that a
+    /// peek finds gone from the active, each only if unchanged since the local dump.
+    private func trim(keeping activeKeys: Set<UInt64>, _ local: MemcacheConnection) throws -> UInt64 {
+        // The local dump is read to its end before any request goes to the local memcached:
+        // the crawler holds item locks while it writes.
+        var extras: [(key: [UInt8], cas: UInt64)] = []
+        try MetadumpFeed.walk(local, shouldStop: { !going }) { e in
+            if !activeKeys.contains(FullSync.hash(e.key)) { extras.append((e.key, e.cas)) }
+        }
+        if extras.isEmpty { return 0 }
+        let active = try MemcacheConnection(options.active, ioTimeoutMs: 10_000, interrupter: options.interrupter)
+        defer { active.close() }
+        var trimmed: UInt64 = 0
+        for start in stride(from: 0, to: extras.count, by: options.batchSize) {
+            if !going { break }
+            let batch = extras[start..<min(extras.count, start + options.batchSize)]
+            let onActive = try active.peek(batch.map(\.key), [])
+            let gone = zip(batch, onActive).filter { $0.1.status == .en }.map(\.0)
+            if gone.isEmpty { continue }
+            let refused = try local.quietBatch(gone.map { MetaRequest.delete($0.key, ["C\($0.cas)"]) })
+            trimmed += UInt64(gone.count - refused.count)
+        }
+        if trimmed > 0 { Log.info("follower", "LRU pass: deleted \(trimmed) keys the active no longer has") }
+        return trimmed
     }
 }

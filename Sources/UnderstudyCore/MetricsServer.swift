@@ -55,6 +55,8 @@ struct MetricsServer {
             metric("lru_passes_total", "Passes marking on the passive the keys the app reads on the active.", "counter",
                    value: Double(f.counters.lruPasses))
             metric("keys_warmed_total", "Keys those passes marked.", "counter", value: Double(f.counters.keysWarmed))
+            metric("keys_trimmed_total", "Keys those passes deleted: the active had evicted them.", "counter",
+                   value: Double(f.counters.keysTrimmed))
             if let p = f.fullSyncProgress { metric("full_sync_keys", "Keys copied by the running full sync.", value: Double(p.keys)) }
         }
         return out

@@ -64,9 +64,11 @@ public struct FollowerCounters: Codable, Sendable, Equatable {
     public var partialResyncs: UInt64 = 0
     public var applyErrors: UInt64 = 0
     public var reconnects: UInt64 = 0
-    /// `LRUWarmer` passes, and the keys they marked on the passive.
+    /// `LRUWarmer` passes, the keys they marked on the passive, and those they deleted there
+    /// (the active had evicted them).
     public var lruPasses: UInt64 = 0
     public var keysWarmed: UInt64 = 0
+    public var keysTrimmed: UInt64 = 0
 }
 
 public struct FollowerStatus: Codable, Sendable {

@@ -70,7 +70,7 @@ enum StatusText {
             let c = f.counters
             out += "keys_copied:\(c.keysCopied)\nkeys_deleted:\(c.keysDeleted)\nrecords_applied:\(c.recordsApplied)\n"
             out += "gaps:\(c.gaps)\nfull_syncs:\(c.fullSyncs)\npartial_resyncs:\(c.partialResyncs)\nflushes:\(c.flushes)\napply_errors:\(c.applyErrors)\n"
-            out += "lru_passes:\(c.lruPasses)\nkeys_warmed:\(c.keysWarmed)\n"
+            out += "lru_passes:\(c.lruPasses)\nkeys_warmed:\(c.keysWarmed)\nkeys_trimmed:\(c.keysTrimmed)\n"
             if let e = f.lastError { out += "last_error:\(e)\n" }
         }
         if let t = s.lastInSync { out += "last_in_sync:\(t)\n" }

@@ -40,6 +40,7 @@ struct CodecTests {
         let f = try MetadumpEntry.parse(Array("key=k exp=1795308756 la=1 cas=2 fetch=yes cls=1 size=63".utf8))
         #expect(f.expiry == 1_795_308_756)
         #expect(f.fetched)
+        #expect(f.cas == 2 && e.cas == 2)
         #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("key=%zz exp=1".utf8)) }
         #expect(throws: ProtocolError.self) { try MetadumpEntry.parse(Array("garbage".utf8)) }
     }

@@ -148,6 +148,22 @@ struct ReplicationTests {
         #expect(f.counters.lruPasses >= 1 && f.counters.keysWarmed >= 300, "\(f.counters)")
     }
 
+    /// Keys the active evicted stay on the passive (here, with four times the memory, it
+    /// evicts nothing), where they would take the room the active's keys need. The LRU pass
+    /// deletes them; with the trim left out, verify finds thousands only on the passive.
+    @Test func lruPassesDeleteFromThePassiveWhatTheActiveEvicted() throws {
+        let h = try PairHarness(activeMemoryMB: 8, passiveMemoryMB: 32,
+                                followerArgs: ["--on-active-failure", "none", "--lru-sync-interval", "1"])
+        try h.write(0..<5000, prefix: "e", value: { _ in [UInt8](repeating: 0x65, count: 4000) })
+        try h.waitCaughtUp()
+        let passes = try #require(try h.status("b").follower).counters.lruPasses
+        #expect(waitUntil(30) { ((try? h.status("b").follower?.counters.lruPasses) ?? 0) >= passes + 2 })
+        let f = try #require(try h.status("b").follower)
+        #expect(f.counters.keysTrimmed > 1000, "\(f.counters)")
+        let (code, out) = try h.verify()
+        #expect(code == 0 && out.contains("only_on_passive:0"), "verify: \(out)")
+    }
+
     @Test func followerRestartResumesFromTheBacklog() throws {
         let h = try PairHarness()
         try h.write(0..<5000, prefix: "r")

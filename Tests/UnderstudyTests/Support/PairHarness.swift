@@ -30,7 +30,7 @@ final class PairHarness: @unchecked Sendable {
 
     /// With `nodes`, the daemons listen on the namespaces' addresses, which needs a secret
     /// (protected mode): pass one.
-    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256,
+    init(backlog: String = "64M", secret: String? = nil, startFollower: Bool = true, activeMemoryMB: Int = 256, passiveMemoryMB: Int? = nil,
          activeMemcachedArgs: [String] = [], tapMode: String = "async",
          keeperArgs: [String] = ["--on-local-failure", "none"], followerArgs: [String] = ["--on-active-failure", "none"],
          nodes: NodeNamespaces? = nil) throws {
@@ -41,7 +41,7 @@ final class PairHarness: @unchecked Sendable {
         a = nodes?.a ?? .loopback
         b = nodes?.b ?? .loopback
         active = try MemcachedServer(memoryMB: activeMemoryMB, extraArgs: activeMemcachedArgs, placement: a)
-        passive = try MemcachedServer(memoryMB: activeMemoryMB, placement: b)
+        passive = try MemcachedServer(memoryMB: passiveMemoryMB ?? activeMemoryMB, placement: b)
         if let secret {
             self.secret = dir + "/secret"
             try Data((secret + "\n").utf8).write(to: URL(fileURLWithPath: self.secret!))
