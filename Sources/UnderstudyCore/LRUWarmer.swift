@@ -67,8 +67,11 @@ final class LRUWarmer: Sendable {
         while !state.wait(until: { $0.stopping }, timeoutMs: options.intervalMs, { s, _ in s.stopping }) {
             guard ready() else { continue }
             do {
-                guard try due() else { continue }
-                let (warmed, trimmed) = try pass()
+                // One connection to the active serves the look at its stats and the trim's peeks.
+                let active = try connect(options.active)
+                defer { active.close() }
+                guard try due(active) else { continue }
+                let (warmed, trimmed) = try pass(active)
                 state.update { s in
                     s.passes += 1
                     s.keysWarmed += warmed
@@ -84,11 +87,13 @@ final class LRUWarmer: Sendable {
         }
     }
 
+    private func connect(_ endpoint: Endpoint) throws(MemcacheError) -> MemcacheConnection {
+        try MemcacheConnection(endpoint, ioTimeoutMs: 10_000, interrupter: options.interrupter)
+    }
+
     /// The active is at least half full, or has evicted since the last look.
-    private func due() throws(MemcacheError) -> Bool {
-        let conn = try MemcacheConnection(options.active, ioTimeoutMs: 10_000, interrupter: options.interrupter)
-        defer { conn.close() }
-        let stats = try conn.stats()
+    private func due(_ active: MemcacheConnection) throws(MemcacheError) -> Bool {
+        let stats = try active.stats()
         func number(_ name: String) -> UInt64? { stats[name].flatMap { UInt64($0) } }
         let evictions = number("evictions") ?? 0
         let before = state.update { s -> UInt64? in
@@ -101,11 +106,11 @@ final class LRUWarmer: Sendable {
 
     /// Returns how many keys the application read on the active the passive holds, and how
     /// many keys the active lacks it deleted.
-    private func pass() throws -> (warmed: UInt64, trimmed: UInt64) {
+    private func pass(_ active: MemcacheConnection) throws -> (warmed: UInt64, trimmed: UInt64) {
         let feed = MetadumpFeed(options.active, batchSize: options.batchSize, collectHashes: true, onlyFetched: true,
                                 interrupter: options.interrupter)
         defer { feed.stop() }
-        let local = try MemcacheConnection(options.local, ioTimeoutMs: 10_000, interrupter: options.interrupter)
+        let local = try connect(options.local)
         defer { local.close() }
         var warmed: UInt64 = 0
         while let keys = try feed.next() {
@@ -113,14 +118,14 @@ final class LRUWarmer: Sendable {
             let replies = try local.pipeline(keys.flatMap { [MetaRequest.get($0, []), MetaRequest.get($0, [])] })
             for i in stride(from: 0, to: replies.count, by: 2) where replies[i].isHit { warmed += 1 }
         }
-        return (warmed, try trim(keeping: feed.hashes, local))
+        return (warmed, try trim(keeping: feed.hashes, local: local, active: active))
     }
 
     private var going: Bool { !state.withLock { $0.stopping } && ready() }
 
     /// Deletes the local keys that are not in `activeKeys` (the active's dump) and that a
     /// peek finds gone from the active, each only if unchanged since the local dump.
-    private func trim(keeping activeKeys: Set<UInt64>, _ local: MemcacheConnection) throws -> UInt64 {
+    private func trim(keeping activeKeys: Set<UInt64>, local: MemcacheConnection, active: MemcacheConnection) throws -> UInt64 {
         // The local dump is read to its end before any request goes to the local memcached:
         // the crawler holds item locks while it writes.
         var extras: [(key: [UInt8], cas: UInt64)] = []
@@ -128,8 +133,6 @@ final class LRUWarmer: Sendable {
             if !activeKeys.contains(FullSync.hash(e.key)) { extras.append((e.key, e.cas)) }
         }
         if extras.isEmpty { return 0 }
-        let active = try MemcacheConnection(options.active, ioTimeoutMs: 10_000, interrupter: options.interrupter)
-        defer { active.close() }
         var trimmed: UInt64 = 0
         for start in stride(from: 0, to: extras.count, by: options.batchSize) {
             if !going { break }
