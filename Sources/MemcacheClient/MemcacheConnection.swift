@@ -6,17 +6,32 @@ import UnderstudyPosix
 /// Not thread-safe: a connection is a single ordered pipe, and ordering is what the follower's
 /// per-key guarantee (Invariant 4) rests on. Share by giving each thread its own.
 public final class MemcacheConnection {
-    public let endpoint: Endpoint
+    /// What this connection talks to (`host:port` or a socket path), for logs.
+    public let peer: String
     let stream: ByteStream
 
     /// Connects within `connectTimeoutMs`; every later read/write is bounded by `ioTimeoutMs`,
     /// so a server that stalls mid-reply yields `.transport(.timeout)` rather than a hang.
     /// With `interrupter`, its owner's stop breaks the connection at once.
-    public init(_ endpoint: Endpoint, connectTimeoutMs: Int = 2000, ioTimeoutMs: Int = 5000,
-                interrupter: Interrupter? = nil) throws(MemcacheError) {
-        self.endpoint = endpoint
+    public convenience init(_ endpoint: Endpoint, connectTimeoutMs: Int = 2000, ioTimeoutMs: Int = 5000,
+                            interrupter: Interrupter? = nil) throws(MemcacheError) {
+        try self.init(peer: endpoint.description, ioTimeoutMs: ioTimeoutMs, interrupter: interrupter) { () throws(SystemError) in
+            try Socket.connect(to: endpoint, timeoutMs: connectTimeoutMs)
+        }
+    }
+
+    /// Connects to a Unix socket: memcached's `-s`, or the tap's socket path.
+    public convenience init(unixPath: String, ioTimeoutMs: Int = 5000, interrupter: Interrupter? = nil) throws(MemcacheError) {
+        try self.init(peer: unixPath, ioTimeoutMs: ioTimeoutMs, interrupter: interrupter) { () throws(SystemError) in
+            try Socket.connect(unixPath: unixPath)
+        }
+    }
+
+    private init(peer: String, ioTimeoutMs: Int, interrupter: Interrupter?,
+                 connect: () throws(SystemError) -> Socket) throws(MemcacheError) {
+        self.peer = peer
         do {
-            let s = try Socket.connect(to: endpoint, timeoutMs: connectTimeoutMs)
+            let s = try connect()
             interrupter?.add(s)
             try s.setIOTimeout(milliseconds: ioTimeoutMs)
             self.stream = ByteStream(s, capacity: 256 * 1024)

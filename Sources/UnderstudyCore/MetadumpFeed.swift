@@ -101,10 +101,10 @@ final class MetadumpFeed: Sendable {
             let outcome: MemcacheConnection.DumpOutcome
             do { outcome = try conn.metadump(each) } catch { throw .memcached(error) }
             if case .complete = outcome { return }
-            Log.info("metadump", "lru_crawler on \(conn.endpoint) is busy (attempt \(attempt)); retrying in \(delayMs) ms")
+            Log.info("metadump", "lru_crawler on \(conn.peer) is busy (attempt \(attempt)); retrying in \(delayMs) ms")
             Clock.sleep(milliseconds: delayMs)
             delayMs = min(delayMs * 2, 2000)
         }
-        throw .busy("lru_crawler on \(conn.endpoint) stayed busy for 60 attempts")
+        throw .busy("lru_crawler on \(conn.peer) stayed busy for 60 attempts")
     }
 }

@@ -7,12 +7,44 @@ public final class Listener: Sendable {
     public let name: String
     /// The port the kernel gave us when asked for port 0.
     public let port: UInt16
+    /// The socket file a Unix listener made, removed again by `close()`.
+    private let boundFile: BoundFile?
 
-    init(socket: Socket, name: String, port: UInt16) {
+    /// A socket file as bind made it: `close()` removes the path only while it is still this
+    /// file, not one a newer process has since put there. The change time is part of the
+    /// identity because a file system hands a freed inode number straight to the next file.
+    struct BoundFile: Sendable {
+        let path: String
+        let identity: [Int]
+
+        init(path: String, _ st: stat) {
+            self.path = path
+            identity = Self.identity(st)
+        }
+
+        static func identity(_ st: stat) -> [Int] {
+            [Int(st.st_dev), Int(st.st_ino), st.st_ctim.tv_sec, st.st_ctim.tv_nsec]
+        }
+
+        func isStill(at st: stat) -> Bool { Self.identity(st) == identity }
+    }
+
+    init(socket: Socket, name: String, port: UInt16, boundFile: BoundFile? = nil) {
         self.socket = socket
         self.name = name
         self.port = port
+        self.boundFile = boundFile
     }
+
+    /// Binds `address`: TCP as `tcp`, a Unix socket path as `unix` with `unixMode`.
+    public static func bind(_ address: ListenAddress, unixMode: mode_t) throws(SystemError) -> Listener {
+        switch address {
+        case .tcp(let endpoint): try tcp(endpoint)
+        case .unix(let path): try unix(path: path, mode: unixMode)
+        }
+    }
+
+    public var isUnix: Bool { boundFile != nil }
 
     /// Binds exactly the address given. Wildcards must be spelled out by the caller, which is
     /// where the "nothing on all interfaces unless told to" policy is enforced.
@@ -34,16 +66,49 @@ public final class Listener: Sendable {
 
     /// A Unix listener whose file is created with `mode` before anyone can connect: the umask
     /// is tightened around bind so there is no window where the socket is world-connectable.
-    public static func unix(path: String, mode: mode_t = 0o600) throws(SystemError) -> Listener {
-        Sys.unlink(path)
+    ///
+    /// A socket file a dead process left is replaced, as memcached and Redis replace theirs.
+    /// One that a live process still accepts on is refused (`EADDRINUSE`) rather than stolen,
+    /// which would leave that process listening on a file nobody can reach; and a path that
+    /// is not a socket is never deleted (`EEXIST`).
+    public static func unix(path: String, mode: mode_t = 0o600, backlog: Int32 = 512) throws(SystemError) -> Listener {
+        try claimSocketPath(path)
         let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), path)
         let socket = Socket(fd: fd, peer: path)
         let old = umask(~mode & 0o777)
         defer { umask(old) }
         try Socket.withUnixAddress(path) { (sa, len) throws(SystemError) in try Sys.bind(fd, sa, len, path) }
         try Sys.chmod(path, mode)
-        try Sys.listen(fd, 64, path)
-        return Listener(socket: socket, name: path, port: 0)
+        try Sys.listen(fd, backlog, path)
+        guard let st = try Sys.lstat(path) else { throw SystemError(errno: ENOENT, operation: "listen on \(path): the socket file vanished") }
+        return Listener(socket: socket, name: path, port: 0, boundFile: BoundFile(path: path, st))
+    }
+
+    /// Clears `path` for a new socket file, or says why it cannot be.
+    static func claimSocketPath(_ path: String) throws(SystemError) {
+        guard let st = try Sys.lstat(path) else { return }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw SystemError(errno: EEXIST, operation: "listen on \(path): the path exists and is not a socket")
+        }
+        if try acceptsConnections(at: path) {
+            throw SystemError(errno: EADDRINUSE, operation: "listen on \(path): another process accepts connections there")
+        }
+        Sys.unlink(path)
+    }
+
+    /// Whether some process listens on the socket file at `path`. The probe connects without
+    /// blocking: a live listener whose backlog is full answers `EAGAIN`, and counts as live;
+    /// only `ECONNREFUSED` (nobody accepts there) says no.
+    static func acceptsConnections(at path: String) throws(SystemError) -> Bool {
+        let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), path)
+        defer { Sys.close(fd) }
+        Sys.setNonBlocking(fd, true)
+        do {
+            try Socket.withUnixAddress(path) { (sa, len) throws(SystemError) in try Sys.connect(fd, sa, len, path) }
+        } catch where error.errno == ECONNREFUSED {
+            return false
+        }
+        return true
     }
 
     private static func boundPort(_ fd: Int32) -> UInt16 {
@@ -61,7 +126,7 @@ public final class Listener: Sendable {
     public func accept() throws(SystemError) -> Socket {
         let fd = try socket.using { fd throws(SystemError) in try Sys.accept(fd, name) }
         let s = Socket(fd: fd, peer: "client of \(name)")
-        try? Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
+        if !isUnix { try? Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
         return s
     }
 
@@ -75,8 +140,13 @@ public final class Listener: Sendable {
     }
 
     public func close() {
-        closed.store(true, ordering: .releasing)
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         socket.close()
+        // Only our own file, and only once nobody accepts on it: a file system may hand our
+        // inode number and a same-tick change time to a newer listener's file.
+        if let f = boundFile, let st = try? Sys.lstat(f.path), f.isStill(at: st), (try? Self.acceptsConnections(at: f.path)) == false {
+            Sys.unlink(f.path)
+        }
     }
 
     private let closed = Atomic<Bool>(false)

@@ -161,6 +161,18 @@ public enum Sys {
         _ = Glibc.unlink(path)
     }
 
+    /// The file at `path` itself (a symlink is not followed), or nil if there is none.
+    public static func lstat(_ path: String) throws(SystemError) -> stat? {
+        var st = stat()
+        while Glibc.lstat(path, &st) != 0 {
+            let err = Glibc.errno
+            if err == EINTR { continue }
+            if err == ENOENT { return nil }
+            throw SystemError(errno: err, operation: "lstat \(path)")
+        }
+        return st
+    }
+
     public static func chmod(_ path: String, _ mode: mode_t) throws(SystemError) {
         _ = try retrying("chmod \(path)") { Glibc.chmod(path, mode) }
     }

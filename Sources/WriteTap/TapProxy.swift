@@ -12,7 +12,11 @@ import UnderstudyPosix
 /// protocol the way memcached does: 0x80 is binary, anything else text (classic and meta).
 public final class TapProxy: Sendable {
     public struct Options: Sendable {
-        public var listen: Endpoint
+        /// Where applications connect: TCP addresses and Unix socket paths, any mix.
+        public var listen: [ListenAddress]
+        /// The permissions of the Unix socket files: 0700 by default, as memcached's `-a`.
+        /// An application running as another user needs 0660 and a shared group, or 0666.
+        public var socketMode: mode_t
         public var memcached: Endpoint
         /// Values larger than this are refused locally; nil asks memcached (`item_size_max`).
         public var maxItemSize: Int?
@@ -26,8 +30,10 @@ public final class TapProxy: Sendable {
 
         public static let defaultThreads = min(max(ProcessInfo.processInfo.activeProcessorCount / 2, 1), 4)
 
-        public init(listen: Endpoint, memcached: Endpoint, maxItemSize: Int? = nil, threads: Int = Options.defaultThreads) {
+        public init(listen: [ListenAddress], socketMode: mode_t = 0o700, memcached: Endpoint, maxItemSize: Int? = nil,
+                    threads: Int = Options.defaultThreads) {
             self.listen = listen
+            self.socketMode = socketMode
             self.memcached = memcached
             self.maxItemSize = maxItemSize
             self.threads = max(1, threads)
@@ -42,13 +48,12 @@ public final class TapProxy: Sendable {
     public let options: Options
     public var emitter: TapEmitter { context.emitter }
     let context: TapContext
-    let listener: Listener
+    let listeners: [Listener]
     private let loops: [TapLoop]
     private let accepted = Atomic<Int>(0)
 
     public init(_ options: Options, emitter: TapEmitter) throws(SystemError) {
         self.options = options
-        self.listener = try Listener.tcp(options.listen)
         let context = TapContext(emitter: emitter, memcached: options.memcached,
                                  itemSizeMax: options.maxItemSize ?? Self.probeItemSizeMax(options.memcached))
         self.context = context
@@ -56,10 +61,22 @@ public final class TapProxy: Sendable {
         for i in 0..<options.threads { made.append(try TapLoop(name: "tap-loop-\(i)", context: context)) }
         let loops = made
         self.loops = loops
+        // Bound last, so that nothing after can fail and leave a socket file behind.
+        var bound: [Listener] = []
+        do {
+            for a in options.listen { bound.append(try Listener.bind(a, unixMode: options.socketMode)) }
+        } catch {
+            for l in bound { l.close() }
+            throw error
+        }
+        self.listeners = bound
         emitter.onSyncProgress { for l in loops { l.poller.wake() } }
     }
 
-    public var port: UInt16 { listener.port }
+    /// The port of the first TCP address (the one the kernel chose, if it was asked for 0).
+    public var port: UInt16 { listeners.first { !$0.isUnix }?.port ?? 0 }
+    /// What the tap listens on, ports as bound: for logs and the ready line.
+    public var addresses: [String] { listeners.map { $0.isUnix ? $0.name : "\($0.name) (port \($0.port))" } }
     public var stats: Stats { Stats(connections: accepted.load(ordering: .relaxed), activeSessions: context.sessions.load(ordering: .relaxed)) }
 
     /// memcached's `item_size_max`, or its 1 MiB default if the server is not up yet.
@@ -71,21 +88,23 @@ public final class TapProxy: Sendable {
 
     public func start() {
         for l in loops { l.start() }
-        Threads.start("tap-accept") { [self] in
-            listener.acceptEach("tap") { client in
-                let n = accepted.wrappingAdd(1, ordering: .relaxed).newValue
-                context.sessions.add(1, ordering: .relaxed)
-                loops[n % loops.count].adopt(client)
+        for listener in listeners {
+            Threads.start("tap-accept") { [self] in
+                listener.acceptEach("tap") { client in
+                    let n = accepted.wrappingAdd(1, ordering: .relaxed).newValue
+                    context.sessions.add(1, ordering: .relaxed)
+                    loops[n % loops.count].adopt(client)
+                }
             }
         }
-        Log.info("tap", "listening on \(options.listen) (port \(port)), memcached \(options.memcached), journal \(emitter.options.journal), mode \(emitter.mode.rawValue), \(loops.count) event loop(s)")
+        Log.info("tap", "listening on \(addresses.joined(separator: ", ")), memcached \(options.memcached), journal \(emitter.options.journal), mode \(emitter.mode.rawValue), \(loops.count) event loop(s)")
     }
 
     /// Stops accepting, finishes what clients have in flight, and gives the keeper a moment
     /// to acknowledge the last records before the emitter stops: an orderly restart of the
     /// tap loses nothing the follower would not otherwise learn of.
     public func stop() {
-        listener.close()
+        for l in listeners { l.close() }
         for l in loops { l.stop() }
         if emitter.isConnected && !emitter.drain(timeoutMs: 2000) {
             Log.warning("tap", "stopping with \(emitter.lastSeq - emitter.ackedSeq) records the keeper has not acknowledged")

@@ -14,6 +14,7 @@ protocol KV: AnyObject {
 final class MemcacheKV: KV {
     let c: MemcacheConnection
     init(_ ep: Endpoint) throws { c = try MemcacheConnection(ep, ioTimeoutMs: 10_000) }
+    init(unixPath: String) throws { c = try MemcacheConnection(unixPath: unixPath, ioTimeoutMs: 10_000) }
     func set(_ key: String, _ value: [UInt8]) throws {
         let r = try c.set(Array(key.utf8), value)
         if r != .stored { throw BenchError("set \(key): \(r)") }

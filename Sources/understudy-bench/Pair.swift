@@ -14,6 +14,8 @@ final class BenchPair {
     var tap: Spawned?
     let jA = Env.port(), jB = Env.port()
     var tapEP: Endpoint?
+    /// The tap's Unix socket, beside its TCP port.
+    var tapSocket: String?
     let dir: String
 
     init(memoryMB: Int = 2048) throws {
@@ -59,10 +61,12 @@ final class BenchPair {
     func startTap(mode: String = "async") throws {
         tap?.stop()
         let p = Env.port()
-        tap = try Spawned(Env.understudy, ["tap", "--listen", "127.0.0.1:\(p)", "--memcached", srcEP.description,
+        let socket = dir + "/tap-\(p).sock"
+        tap = try Spawned(Env.understudy, ["tap", "--listen", "127.0.0.1:\(p),\(socket)", "--memcached", srcEP.description,
                                            "--journal", "127.0.0.1:\(jA)", "--mode", mode] + (ProcessInfo.processInfo.environment["TAP_THREADS"].map { ["--threads", $0] } ?? []),
                           name: "tap", log: dir + "/tap-\(p).log")
         tapEP = Endpoint(host: "127.0.0.1", port: p)
+        tapSocket = socket
         try Env.waitConnectable(tapEP!)
         usleep(200_000)  // its journal connection
     }

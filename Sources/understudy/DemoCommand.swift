@@ -39,7 +39,7 @@ enum DemoCommand {
             let a = try node("active", mA, jA, jB, mB, dir + "/a")
             let b = try node("passive", mB, jB, jA, mA, dir + "/b")
             let emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: jA)))
-            let tap = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: tp), memcached: Endpoint(host: "127.0.0.1", port: mA)), emitter: emitter)
+            let tap = try TapProxy(.init(listen: [.tcp(Endpoint(host: "127.0.0.1", port: tp))], memcached: Endpoint(host: "127.0.0.1", port: mA)), emitter: emitter)
             tap.start()
             say("daemons: A keeps the journal on :\(jA); B follows it; the tap listens on 127.0.0.1:\(tp)")
 

@@ -1,12 +1,15 @@
+import Glibc
 import JournalWire
 import UnderstudyPosix
 import WriteTap
 
 enum TapCommand {
     static let help = """
-        usage: understudy tap --listen H:P --memcached H:P --journal H:P [options]
+        usage: understudy tap --listen ADDR[,ADDR...] --memcached H:P --journal H:P [options]
 
-          --listen H:P          where applications connect (text, meta and binary protocols)
+          --listen ADDR         where applications connect (text, meta and binary protocols):
+                                H:P, or an absolute path for a Unix socket; comma-separated for several
+          --socket-mode MODE    octal permissions of the Unix socket (default 0700, as memcached's -a)
           --memcached H:P       the active memcached (the VIP)
           --journal H:P         the keeper's journal port (the VIP)
           --secret-file PATH    shared secret for the journal port
@@ -21,12 +24,19 @@ enum TapCommand {
     static func run(_ args: [String]) -> Int32 {
         if args.contains("--help") { print(help, terminator: ""); return 0 }
         do {
-            let o = try Options(args, valued: ["listen", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer", "threads"], switches: [])
-            guard let listen = try o.endpoint("listen"), let memcached = try o.endpoint("memcached"), let journal = try o.endpoint("journal") else {
+            let o = try Options(args, valued: ["listen", "socket-mode", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer", "threads"], switches: [])
+            guard let listenText = o.values["listen"], let memcached = try o.endpoint("memcached"), let journal = try o.endpoint("journal") else {
                 printError("understudy tap: --listen, --memcached and --journal are required\n\n" + help)
                 return 64
             }
-            if listen.isWildcard { printError("understudy tap: refusing to listen on the wildcard address \(listen); name an address"); return 64 }
+            let listen: [ListenAddress]
+            do { listen = try ListenAddress.list(parsing: listenText) } catch { printError("understudy tap: --listen: \(error)"); return 64 }
+            if let w = listen.first(where: \.isWildcard) {
+                printError("understudy tap: refusing to listen on the wildcard address \(w); name an address"); return 64
+            }
+            guard let socketMode = parseMode(o.values["socket-mode"] ?? "0700") else {
+                printError("understudy tap: --socket-mode must be octal permissions such as 0700, 0660 or 0666"); return 64
+            }
             guard let mode = TapEmitter.Mode(rawValue: o.values["mode"] ?? "async") else {
                 printError("understudy tap: --mode must be async, sync or strict"); return 64
             }
@@ -45,12 +55,12 @@ enum TapCommand {
             }
             let emitter = TapEmitter(.init(journal: journal, secret: secret, capacity: buffer, mode: mode, syncTimeoutMs: timeout))
             let proxy: TapProxy
-            do { proxy = try TapProxy(.init(listen: listen, memcached: memcached, threads: threads), emitter: emitter) } catch {
-                printError("understudy tap: cannot listen on \(listen): \(error)")
+            do { proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached, threads: threads), emitter: emitter) } catch {
+                printError("understudy tap: cannot listen: \(error)")
                 return 1
             }
             proxy.start()
-            print("understudy tap: ready (port \(proxy.port))")
+            print("understudy tap: ready (\(proxy.addresses.joined(separator: ", ")))")
             _ = Signals.waitForTermination()
             proxy.stop()
             let c = emitter.counters
@@ -60,5 +70,11 @@ enum TapCommand {
             printError("understudy tap: \(error.message)")
             return 64
         }
+    }
+
+    /// Octal permission bits as `chmod` and memcached's `-a` take them ("0700", "660").
+    static func parseMode(_ text: String) -> mode_t? {
+        guard (1...4).contains(text.count), let v = mode_t(text, radix: 8), v <= 0o777 else { return nil }
+        return v
     }
 }

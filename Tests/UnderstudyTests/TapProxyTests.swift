@@ -161,13 +161,15 @@ struct TapProxyTests {
         #expect(!recs.contains { $0.1 == "absent" })
     }
 
-    @Test(arguments: [true, false])
-    func phpSessionHandler(binary: Bool) throws {
-        let h = try TapHarness()
+    /// PHP's memcached session handler, over TCP in both protocols, and in its default
+    /// (binary) one over the tap's Unix socket, as a `session.save_path` of a socket path.
+    @Test(arguments: [(true, false), (false, false), (true, true)])
+    func phpSessionHandler(binary: Bool, unixSocket: Bool) throws {
+        let h = try TapHarness(unixSocket: unixSocket)
         guard let php = Paths.which("php") else { throw TestFailure("php-cli not installed") }
         let script = """
             ini_set('session.save_handler', 'memcached');
-            ini_set('session.save_path', '\(h.address)');
+            ini_set('session.save_path', '\(unixSocket ? h.socketPath : h.address)');
             ini_set('memcached.sess_binary_protocol', '\(binary ? 1 : 0)');
             ini_set('memcached.sess_locking', '1');
             session_id('understudytest\(binary ? "bin" : "txt")');
@@ -189,5 +191,40 @@ struct TapProxyTests {
         let cycle = ["write memc.sess.key.lock.\(id)", "write memc.sess.key.\(id)", "delete memc.sess.key.lock.\(id)"]
         let recs = h.waitForRecords(6)
         #expect(recs.map { "\($0.0) \($0.1)" } == cycle + cycle)
+    }
+
+    /// The tap's Unix socket: made with the mode asked for, serving pymemcache like the TCP
+    /// port does (journaled after memcached's ack, errors answered as memcached would), and
+    /// removed when the tap stops.
+    @Test func pymemcacheThroughTheUnixSocket() throws {
+        let h = try TapHarness(unixSocket: true, socketMode: 0o660)
+        var st = stat()
+        #expect(lstat(h.socketPath, &st) == 0)
+        #expect(st.st_mode & S_IFMT == S_IFSOCK)
+        #expect(st.st_mode & 0o777 == 0o660)
+        let script = """
+            from pymemcache.client.base import Client
+            c = Client("\(h.socketPath)", default_noreply=False)
+            c.set("u1", b"one")
+            c.add("u1", b"x")         # NOT_STORED: no record
+            c.delete("u2")            # NOT_FOUND: no record
+            c.set("u2", b"two")
+            print("got", c.get("u1"), c.get("u2"))
+            """
+        let out = try runTool(try Paths.pythonWithPymemcache(), ["-c", script])
+        #expect(out.contains("got b'one' b'two'"), "python output: \(out)")
+        let recs = h.waitForRecords(2)
+        #expect(recs.map { "\($0.0) \($0.1)" } == ["write u1", "write u2"])
+        // Bad input over the socket gets memcached's answers: an unknown command, a key over
+        // 250 bytes; and the connection still serves after them.
+        let c = try Socket.connect(unixPath: h.socketPath)
+        defer { c.close() }
+        try c.setIOTimeout(milliseconds: 5000)
+        try c.write(Array("bogus\r\nget \(String(repeating: "k", count: 251))\r\nget u1\r\n".utf8))
+        let reply = String(decoding: try readFrom(c) { String(decoding: $0, as: UTF8.self).hasSuffix("END\r\n") }, as: UTF8.self)
+        #expect(reply.hasPrefix("ERROR\r\nCLIENT_ERROR "), "reply: \(reply)")
+        #expect(reply.hasSuffix("VALUE u1 0 3\r\none\r\nEND\r\n"), "reply: \(reply)")
+        h.proxy.stop()
+        #expect(lstat(h.socketPath, &st) != 0 && errno == ENOENT, "the socket file outlived the tap")
     }
 }

@@ -14,8 +14,9 @@ final class TapHarness: @unchecked Sendable {
     let emitter: TapEmitter
     let journalPort: UInt16
 
+    /// With `unixSocket`, the tap also listens on `socketPath` (mode `socketMode`).
     init(mode: TapEmitter.Mode = .async, capacity: Int = 1 << 20, syncTimeoutMs: Int = 1000,
-         threads: Int = TapProxy.Options.defaultThreads) throws {
+         threads: Int = TapProxy.Options.defaultThreads, unixSocket: Bool = false, socketMode: mode_t = 0o700) throws {
         memcached = try MemcachedServer()
         dir = Paths.tempDir("tap")
         let (dir, address) = (dir, memcached.address)
@@ -27,7 +28,8 @@ final class TapHarness: @unchecked Sendable {
             }
         }
         emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
-        proxy = try TapProxy(.init(listen: Endpoint(host: "127.0.0.1", port: 0), memcached: memcached.endpoint, threads: threads), emitter: emitter)
+        let listen: [ListenAddress] = [.tcp(Endpoint(host: "127.0.0.1", port: 0))] + (unixSocket ? [.unix(path: dir + "/tap.sock")] : [])
+        proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached.endpoint, threads: threads), emitter: emitter)
         proxy.start()
         _ = waitUntil(5) { self.emitter.isConnected }
     }
@@ -53,6 +55,7 @@ final class TapHarness: @unchecked Sendable {
     }
 
     var address: String { "127.0.0.1:\(proxy.port)" }
+    var socketPath: String { dir + "/tap.sock" }
     var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: proxy.port) }
 
     var keeper: Keeper? { node.state.withLock { $0.keeper } }
