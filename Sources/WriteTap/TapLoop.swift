@@ -39,6 +39,14 @@ final class TapLoop: @unchecked Sendable {
     private var shipDue = UInt64.max
 
     static let timerPeriodNanos: UInt64 = 100_000_000
+    /// How much later than due a shipment may go while memcached owes this loop a reply.
+    /// That reply's turn ships it, within a round trip, so the wait needs no near deadline of
+    /// its own. Measured, not explained: with it the tap and keeper spent 38 µs of CPU per
+    /// one-connection set instead of 40 (`understudy-bench tap`, 3 runs each; 35.5 against
+    /// 37.5 for the loop alone in five paired runs), with timer interrupts and expiries
+    /// counted the same. A loop owed no reply keeps the exact due time, so writes with pauses
+    /// between them ship as promptly as before.
+    static let shipSlackNanos: UInt64 = 2_000_000
     static let drainNanos: UInt64 = 2_000_000_000
 
     init(name: String, context: TapContext) throws(SystemError) {
@@ -140,7 +148,9 @@ final class TapLoop: @unchecked Sendable {
     /// Until the next timer or ticket deadline; nil: until an event.
     private func timeout(now: UInt64) -> UInt64? {
         if connections.isEmpty && shipDue == .max { return nil }
-        var until = min(lastTimerCheck + Self.timerPeriodNanos, shipDue)
+        let replyOwed = upstreams.contains { $0.awaitsReply }
+        let ship = shipDue == .max || !replyOwed ? shipDue : shipDue + Self.shipSlackNanos
+        var until = min(lastTimerCheck + Self.timerPeriodNanos, ship)
         if !holding.isEmpty { until = min(until, nextHeldCheck) }
         return until - min(until, now)
     }

@@ -32,6 +32,9 @@ final class Upstream {
 
     static let connectTimeoutNanos: UInt64 = 1_000_000_000
 
+    /// memcached owes this connection a reply: a turn will come when it arrives.
+    var awaitsReply: Bool { !order.isEmpty }
+
     init(token: UInt64, context: TapContext, poller: Poller) {
         self.token = token
         self.context = context
