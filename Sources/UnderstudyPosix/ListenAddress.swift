@@ -31,6 +31,7 @@ public enum ListenAddress: Hashable, Sendable, CustomStringConvertible {
             self = .unix(path: text)
             return
         }
+        guard text.contains(":") else { throw ParseError(text: text, reason: "neither HOST:PORT nor an absolute socket path") }
         do { self = .tcp(try Endpoint(parsing: text)) } catch { throw ParseError(text: text, reason: error.reason) }
     }
 

@@ -109,6 +109,14 @@ enum Env {
         throw BenchError("\(e) did not come up")
     }
 
+    static func waitConnectable(unixPath: String) throws {
+        for _ in 0..<500 {
+            if let s = try? Socket.connect(unixPath: unixPath) { s.close(); return }
+            usleep(10_000)
+        }
+        throw BenchError("\(unixPath) did not come up")
+    }
+
     /// Runs a command to completion; returns stdout.
     static func run(_ exe: String, _ args: [String]) throws -> String {
         let p = try Subprocess(exe, args, stdout: .pipe, stderr: .null)

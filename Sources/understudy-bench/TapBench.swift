@@ -137,7 +137,7 @@ final class Twemproxy {
         process = try Spawned(bin, ["-c", conf, "-s", String(statsPort), "-a", "127.0.0.1"], name: "twemproxy", log: Env.dir + "/twem.log")
         endpoint = Endpoint(host: "127.0.0.1", port: p)
         if let unixPath {
-            for _ in 0..<500 where (try? Socket.connect(unixPath: unixPath))?.close() == nil { usleep(10_000) }
+            try Env.waitConnectable(unixPath: unixPath)
         } else {
             try Env.waitConnectable(endpoint)
         }
