@@ -79,6 +79,8 @@ final class LRUWarmer: Sendable {
                 }
                 lastError = ""
             } catch {
+                // Cut short by `stop`, or by a full sync that needs the crawler: not a failure.
+                if case .stopped? = error as? FullSync.Failure { continue }
                 // Logged once per kind: an unreachable active is the follower's to report.
                 let text = "\(error)"
                 if text != lastError { Log.warning("follower", "LRU pass: \(text)") }

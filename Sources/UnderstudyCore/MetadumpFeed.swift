@@ -57,12 +57,7 @@ final class MetadumpFeed: Sendable {
             defer { conn.close() }
             var batch: [[UInt8]] = []
             batch.reserveCapacity(batchSize)
-            var seen = 0
             try Self.walk(conn, shouldStop: { stopFlag.withLock { $0 } }) { (e) throws(MemcacheError) in
-                // A reader that stopped reading ends the dump, closing the connection,
-                // rather than hold the crawler (one dump at a time per memcached) to its end.
-                seen += 1
-                if seen & 4095 == 0, stopFlag.withLock({ $0 }) { throw .protocolError(.unexpected("metadump stopped by its reader")) }
                 if collectHashes { hashes.insert(FullSync.hash(e.key)) }
                 if onlyFetched && !e.fetched { return }
                 batch.append(e.key)
@@ -93,13 +88,30 @@ final class MetadumpFeed: Sendable {
     }
 
     /// Runs a metadump, retrying with backoff while another crawler holds it (`BUSY`).
+    ///
+    /// `shouldStop` is also asked every 4096 entries: a caller that stopped ends the dump
+    /// (`.stopped`) rather than hold the crawler, one dump at a time per memcached, to its
+    /// end, which a full sync or LRU pass starting meanwhile would wait out as `BUSY`. The
+    /// connection is then mid-dump, fit only to be closed.
     static func walk(_ conn: MemcacheConnection, shouldStop: () -> Bool,
                      _ each: (MetadumpEntry) throws(MemcacheError) -> Void) throws(FullSync.Failure) {
         var delayMs = 100
+        var seen = 0, stoppedMidway = false
         for attempt in 1...60 {
             if shouldStop() { throw .stopped }
             let outcome: MemcacheConnection.DumpOutcome
-            do { outcome = try conn.metadump(each) } catch { throw .memcached(error) }
+            do {
+                outcome = try conn.metadump { (e) throws(MemcacheError) in
+                    seen += 1
+                    if seen & 4095 == 0 && shouldStop() {
+                        stoppedMidway = true
+                        throw .protocolError(.unexpected("metadump stopped by its reader"))
+                    }
+                    try each(e)
+                }
+            } catch {
+                throw stoppedMidway ? .stopped : .memcached(error)
+            }
             if case .complete = outcome { return }
             Log.info("metadump", "lru_crawler on \(conn.peer) is busy (attempt \(attempt)); retrying in \(delayMs) ms")
             Clock.sleep(milliseconds: delayMs)
