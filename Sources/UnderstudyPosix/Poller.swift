@@ -94,6 +94,18 @@ public final class Poller: Sendable {
         if let failure { throw failure }
     }
 
+    /// Polls without sleeping until something is ready or the monotonic clock passes
+    /// `deadlineNanos`, for a loop that expects an event within microseconds and would
+    /// rather spend them than a wake-up. True if `events` holds something. An error ends the
+    /// spin with nothing: the `wait` that follows reports it.
+    public func poll(untilNanos deadlineNanos: UInt64, into events: inout [Event]) -> Bool {
+        repeat {
+            do { try wait(timeoutNanos: 0, into: &events) } catch { return false }
+            if !events.isEmpty { return true }
+        } while Clock.monoNanos() < deadlineNanos
+        return false
+    }
+
     /// Makes the loop's current or next `wait` return. Safe from any thread.
     public func wake() {
         var one: UInt64 = 1

@@ -62,8 +62,11 @@ final class BenchPair {
         tap?.stop()
         let p = Env.port()
         let socket = dir + "/tap-\(p).sock"
+        // TAP_THREADS and TAP_SPIN_US pass the tap's tuning through, for A/B runs.
+        let env = ProcessInfo.processInfo.environment
+        let tuning = [("TAP_THREADS", "--threads"), ("TAP_SPIN_US", "--spin-us")].flatMap { name, flag in env[name].map { [flag, $0] } ?? [] }
         tap = try Spawned(Env.understudy, ["tap", "--listen", "127.0.0.1:\(p),\(socket)", "--memcached", srcEP.description,
-                                           "--journal", "127.0.0.1:\(jA)", "--mode", mode] + (ProcessInfo.processInfo.environment["TAP_THREADS"].map { ["--threads", $0] } ?? []),
+                                           "--journal", "127.0.0.1:\(jA)", "--mode", mode] + tuning,
                           name: "tap", log: dir + "/tap-\(p).log")
         tapEP = Endpoint(host: "127.0.0.1", port: p)
         tapSocket = socket

@@ -18,13 +18,15 @@ enum TapCommand {
           --sync-timeout MS     how long sync and strict wait for the follower (default 1000)
           --buffer N            unacknowledged journal records held before reporting a gap (default 1048576)
           --threads N           event-loop threads serving clients (default: one per two cores, 1 to 4)
+          --spin-us N           how long a loop polls for memcached's reply before sleeping (default 30;
+                                0 sleeps at once, for an application server short of CPU)
 
         """
 
     static func run(_ args: [String]) -> Int32 {
         if args.contains("--help") { print(help, terminator: ""); return 0 }
         do {
-            let o = try Options(args, valued: ["listen", "socket-mode", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer", "threads"], switches: [])
+            let o = try Options(args, valued: ["listen", "socket-mode", "memcached", "journal", "secret-file", "mode", "sync-timeout", "buffer", "threads", "spin-us"], switches: [])
             guard let listenText = o.values["listen"], let memcached = try o.endpoint("memcached"), let journal = try o.endpoint("journal") else {
                 printError("understudy tap: --listen, --memcached and --journal are required\n\n" + help)
                 return 64
@@ -49,13 +51,16 @@ enum TapCommand {
             guard let threads = Int(o.values["threads"] ?? String(TapProxy.Options.defaultThreads)), (1...64).contains(threads) else {
                 printError("understudy tap: --threads must be between 1 and 64"); return 64
             }
+            guard let spin = Int(o.values["spin-us"] ?? String(TapProxy.Options.defaultReplySpinMicros)), (0...1000).contains(spin) else {
+                printError("understudy tap: --spin-us must be between 0 and 1000 microseconds"); return 64
+            }
             var secret: [UInt8] = []
             if let path = o.values["secret-file"] {
                 do { secret = try Handshake.loadSecret(path: path) } catch { printError("understudy tap: \(error)"); return 1 }
             }
             let emitter = TapEmitter(.init(journal: journal, secret: secret, capacity: buffer, mode: mode, syncTimeoutMs: timeout))
             let proxy: TapProxy
-            do { proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached, threads: threads), emitter: emitter) } catch {
+            do { proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached, threads: threads, replySpinMicros: spin), emitter: emitter) } catch {
                 printError("understudy tap: cannot listen: \(error)")
                 return 1
             }

@@ -3,6 +3,7 @@ import Glibc
 import MemcacheClient
 import Testing
 import UnderstudyPosix
+import WriteTap
 @testable import UnderstudyCore
 
 /// What the tap's event loop must keep true: replies in request order however requests are
@@ -10,8 +11,11 @@ import UnderstudyPosix
 /// client's exit never costs a record.
 @Suite("tap event loop", .serialized)
 struct TapEventLoopTests {
-    @Test func pipelinedForwardedAndLocalAnswersKeepRequestOrder() throws {
-        let h = try TapHarness()
+    /// With the reply spin off and on: a spin that catches replies must hand the loop the
+    /// same events a sleep would.
+    @Test(arguments: [0, TapProxy.Options.defaultReplySpinMicros])
+    func pipelinedForwardedAndLocalAnswersKeepRequestOrder(spinMicros: Int) throws {
+        let h = try TapHarness(replySpinMicros: spinMicros)
         defer { h.stop() }
         let longKey = String(repeating: "k", count: 251)
         // One write: forwarded requests interleaved with ones the tap answers itself, and a

@@ -16,7 +16,8 @@ final class TapHarness: @unchecked Sendable {
 
     /// With `unixSocket`, the tap also listens on `socketPath` (mode `socketMode`).
     init(mode: TapEmitter.Mode = .async, capacity: Int = 1 << 20, syncTimeoutMs: Int = 1000,
-         threads: Int = TapProxy.Options.defaultThreads, unixSocket: Bool = false, socketMode: mode_t = 0o700) throws {
+         threads: Int = TapProxy.Options.defaultThreads, replySpinMicros: Int = TapProxy.Options.defaultReplySpinMicros,
+         unixSocket: Bool = false, socketMode: mode_t = 0o700) throws {
         memcached = try MemcachedServer()
         dir = Paths.tempDir("tap")
         let (dir, address) = (dir, memcached.address)
@@ -29,7 +30,8 @@ final class TapHarness: @unchecked Sendable {
         }
         emitter = TapEmitter(.init(journal: Endpoint(host: "127.0.0.1", port: journalPort), capacity: capacity, mode: mode, syncTimeoutMs: syncTimeoutMs))
         let listen: [ListenAddress] = [.tcp(Endpoint(host: "127.0.0.1", port: 0))] + (unixSocket ? [.unix(path: dir + "/tap.sock")] : [])
-        proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached.endpoint, threads: threads), emitter: emitter)
+        proxy = try TapProxy(.init(listen: listen, socketMode: socketMode, memcached: memcached.endpoint, threads: threads,
+                                   replySpinMicros: replySpinMicros), emitter: emitter)
         proxy.start()
         _ = waitUntil(5) { self.emitter.isConnected }
     }
