@@ -14,7 +14,8 @@
 /// afford to go promptly; at high rates a short interval costs the app server's CPU (the tap
 /// runs beside the application) for lag nobody can use. Measured at 4 connections of
 /// sets: 200 µs throughout held the tap to 0.93–0.97× twemproxy's throughput, 1 ms brought
-/// it to 1.01–1.02×, and at 5k writes/s the 200 µs interval keeps lag p50 at 0.17 ms.
+/// it to 1.01–1.02×, and at 5k writes/s the 200 µs interval keeps lag p50 at 0.17 ms. (The
+/// intervals in use, and why, are at `TapEmitter.shipModeration`.)
 struct ShipPacer: Sendable {
     /// Rate thresholds (records/s) and the intervals (ns) they map to.
     struct Moderation: Sendable {

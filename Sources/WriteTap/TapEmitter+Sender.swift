@@ -112,8 +112,13 @@ extension TapEmitter {
 
     static let maxBatch = 8192
     /// Up to 10k records/s, at most 5,000 shipments a second (200 µs apart); from 40k/s, at
-    /// most 1,000 (1 ms apart), which holds the journal to some 3.5% of a core.
-    static let shipModeration = ShipPacer.Moderation(lowRate: 10_000, lowInterval: 200_000, highRate: 40_000, highInterval: 1_000_000)
+    /// most 2,500 (400 µs apart). The high end was 1 ms until the loops' reply spin
+    /// (`ReplySpin`) freed the tap's time: at 400 µs four connections of sets still ran
+    /// 1.16–1.21× twemproxy (as at 1 ms), lag p50 at 20k writes/s went 0.49 → 0.38 ms, and the
+    /// most the tap sustained beside a follower 28.5k → 26.5k writes/s; at 200 µs the sets
+    /// fell to 1.05–1.10× and that maximum to 23.8k (`understudy-bench tap`/`lag`, 3 runs
+    /// each, twice).
+    static let shipModeration = ShipPacer.Moderation(lowRate: 10_000, lowInterval: 200_000, highRate: 40_000, highInterval: 400_000)
     static let shipBurst: UInt64 = 4
 
     func readAcks(_ ch: JournalChannel) {
