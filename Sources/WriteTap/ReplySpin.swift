@@ -4,10 +4,11 @@
 ///
 /// A loop that sleeps in `epoll_wait` while memcached works pays a wake-up when the reply
 /// lands, and on these virtual machines a wake-up of an idle thread costs more than the
-/// round trip itself. Polling for up to `budget` instead took a one-connection set through
-/// the tap from 16.7k to 19.6k per second and its p50 from 57 to 48 µs (`understudy-bench
-/// tap`, 3 runs each), at 3 µs more of the tap's CPU per request. Busy loops rarely spin: a
-/// loop with other clients ready finds events on its first poll.
+/// round trip itself. Polling for up to `budget` (30 µs) instead took a one-connection set
+/// through the tap from 17.1k to 19.2k per second and its p50 from 56 to 49 µs
+/// (`understudy-bench tap`, 3 runs each), at 4 µs more of the tap's CPU per request; 50 µs
+/// bought nothing more. Busy loops rarely spin: a loop with other clients ready finds events
+/// on its first poll.
 ///
 /// A spin that the reply outlasts was wasted, and so is every spin while memcached is slow,
 /// so a miss makes the loop sleep at once for the next 2, 4, … 64 waits; a reply caught
