@@ -142,10 +142,18 @@ final class LRUWarmer: Sendable {
             let onActive = try active.peek(batch.map(\.key), [])
             let gone = zip(batch, onActive).filter { $0.1.status == .en }.map(\.0)
             if gone.isEmpty { continue }
-            let refused = try local.quietBatch(gone.map { MetaRequest.delete($0.key, ["C\($0.cas)"]) })
-            trimmed += UInt64(gone.count - refused.count)
+            trimmed += UInt64(try Self.deleteUnchanged(gone, on: local))
         }
         if trimmed > 0 { Log.info("follower", "LRU pass: deleted \(trimmed) keys the active no longer has") }
         return trimmed
+    }
+
+    /// Deletes each key only while its CAS is still `cas` (`md k C<cas>`), and returns how
+    /// many went. Between the local dump and this delete the applier may have copied the key
+    /// again, because the application wrote it anew on the active after the peek found it
+    /// gone; that copy has a new CAS and must survive.
+    static func deleteUnchanged(_ items: [(key: [UInt8], cas: UInt64)], on local: MemcacheConnection) throws(MemcacheError) -> Int {
+        let refused = try local.quietBatch(items.map { MetaRequest.delete($0.key, ["C\($0.cas)"]) })
+        return items.count - refused.count
     }
 }
