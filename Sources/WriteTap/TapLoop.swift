@@ -93,13 +93,15 @@ final class TapLoop: @unchecked Sendable {
             }
             if let drainUntil, connections.isEmpty || Clock.monoNanos() >= drainUntil { break }
             events.removeAll(keepingCapacity: true)
-            if upstreams.contains(where: { $0.awaitsReply }) && spin.shouldSpin() {
+            let replyOwed = upstreams.contains { $0.awaitsReply }
+            if replyOwed && spin.shouldSpin() {
                 spin.spun(caught: poller.poll(untilNanos: Clock.monoNanos() + spin.budget, into: &events))
             }
             do {
-                // The clock is read once per turn, after the wait: a turn takes microseconds,
-                // and reading it three times was 1.4% of the tap's instructions.
-                if events.isEmpty { try poller.wait(timeoutNanos: timeout(now: turnEnd), into: &events) }
+                // Without a spin the clock is read once per turn, after the wait: a turn
+                // takes microseconds, and reading it three times was 1.4% of the tap's
+                // instructions.
+                if events.isEmpty { try poller.wait(timeoutNanos: timeout(now: turnEnd, replyOwed: replyOwed), into: &events) }
             } catch {
                 Log.error("tap", "\(name): \(error)")
                 Clock.sleep(milliseconds: 10)
@@ -153,9 +155,8 @@ final class TapLoop: @unchecked Sendable {
     }
 
     /// Until the next timer or ticket deadline; nil: until an event.
-    private func timeout(now: UInt64) -> UInt64? {
+    private func timeout(now: UInt64, replyOwed: Bool) -> UInt64? {
         if connections.isEmpty && shipDue == .max { return nil }
-        let replyOwed = upstreams.contains { $0.awaitsReply }
         let ship = shipDue == .max || !replyOwed ? shipDue : shipDue + Self.shipSlackNanos
         var until = min(lastTimerCheck + Self.timerPeriodNanos, ship)
         if !holding.isEmpty { until = min(until, nextHeldCheck) }

@@ -101,20 +101,19 @@ enum Env {
         return (s, e)
     }
 
-    static func waitConnectable(_ e: Endpoint) throws {
-        for _ in 0..<500 {
-            if let s = try? Socket.connect(to: e, timeoutMs: 100) { s.close(); return }
-            usleep(10_000)
-        }
-        throw BenchError("\(e) did not come up")
-    }
+    static func waitConnectable(_ e: Endpoint) throws { try waitConnectable(.tcp(e)) }
 
-    static func waitConnectable(unixPath: String) throws {
+    /// Waits up to 5 s for something to accept at `address`, a port or a socket path.
+    static func waitConnectable(_ address: ListenAddress) throws {
         for _ in 0..<500 {
-            if let s = try? Socket.connect(unixPath: unixPath) { s.close(); return }
+            let s: Socket? = switch address {
+            case .tcp(let e): try? Socket.connect(to: e, timeoutMs: 100)
+            case .unix(let path): try? Socket.connect(unixPath: path)
+            }
+            if let s { s.close(); return }
             usleep(10_000)
         }
-        throw BenchError("\(unixPath) did not come up")
+        throw BenchError("\(address) did not come up")
     }
 
     /// Runs a command to completion; returns stdout.

@@ -136,11 +136,7 @@ final class Twemproxy {
             """.write(toFile: conf, atomically: true, encoding: .utf8)
         process = try Spawned(bin, ["-c", conf, "-s", String(statsPort), "-a", "127.0.0.1"], name: "twemproxy", log: Env.dir + "/twem.log")
         endpoint = Endpoint(host: "127.0.0.1", port: p)
-        if let unixPath {
-            try Env.waitConnectable(unixPath: unixPath)
-        } else {
-            try Env.waitConnectable(endpoint)
-        }
+        try Env.waitConnectable(unixPath.map { .unix(path: $0) } ?? .tcp(endpoint))
     }
 
     func stop() { process.stop() }
